@@ -1,0 +1,1 @@
+"""The trivial rows that anchor every table (METHODS.md, "Reference rows")."""

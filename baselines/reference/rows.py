@@ -1,0 +1,156 @@
+"""Reference rows: they prove every evaluator end to end and anchor every table.
+
+- ``real-data``: held-out (test) images used as samples: the FID floor.
+- ``independent-pixels``: a per-pixel categorical over the L levels fitted on train by
+  counting (add-alpha smoothing): the naive likelihood every likelihood method must beat.
+- ``raw-pixels``: the identity representation: the probe a method must beat.
+- ``random-encoder``: the shared ResNet encoder, randomly initialised and frozen.
+- ``supervised``: the shared ResNet encoder trained with labels (cross-entropy): the
+  probe's upper bound.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.common.encoders import ResNetEncoder, encoder_widths
+from bench.method import (
+    ENCODE,
+    LOG_LIKELIHOOD,
+    SAMPLE,
+    Batch,
+    DataSpec,
+    Method,
+    from_levels,
+    to_levels,
+)
+from bench.registry import register_method
+
+
+@register_method("real-data")
+class RealData(Method):
+    """Held-out real images as 'samples'. Draws without replacement while the held-out split
+    lasts, with replacement beyond it (recorded in ``sample_settings``)."""
+
+    capabilities = frozenset({SAMPLE})
+    trainable = False
+    summary = "held-out real images as samples: the FID floor"
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__(spec)
+        self.register_buffer("held_out", torch.zeros(0, *spec.shape), persistent=False)
+
+    def prepare(self, train_x: Tensor, train_y: Tensor, held_out_x: Tensor) -> None:
+        self.held_out = held_out_x.to(self.held_out.device)
+
+    def sample(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        available = len(self.held_out)
+        device = generator.device
+        if n <= available:
+            idx = torch.randperm(available, generator=generator, device=device)[:n]
+        else:
+            idx = torch.randint(available, (n,), generator=generator, device=device)
+        return self.held_out[idx.to(self.held_out.device)]
+
+
+@register_method("independent-pixels")
+class IndependentPixels(Method):
+    """p(x) = prod_d Cat(x_d; theta_d), theta_d = (count_d + alpha) / (N + L alpha)."""
+
+    capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
+    trainable = False
+    summary = "per-pixel categorical fitted by counting: the naive likelihood"
+
+    @classmethod
+    def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
+        return {"alpha": 1.0}  # Laplace smoothing
+
+    def __init__(self, spec: DataSpec, alpha: float = 1.0) -> None:
+        super().__init__(spec)
+        self.alpha = alpha
+        self.register_buffer(
+            "log_probs", torch.full((spec.dims, spec.num_levels), -math.log(spec.num_levels))
+        )
+
+    def prepare(self, train_x: Tensor, train_y: Tensor, held_out_x: Tensor) -> None:
+        levels = to_levels(train_x, self.spec.num_levels).flatten(1)  # (N, D)
+        counts = F.one_hot(levels, self.spec.num_levels).sum(0).double()  # (D, L)
+        probs = (counts + self.alpha) / (len(levels) + self.spec.num_levels * self.alpha)
+        self.log_probs = probs.log().float().to(self.log_probs.device)
+
+    def log_likelihood(self, x: Tensor) -> Tensor:
+        levels = to_levels(x, self.spec.num_levels).flatten(1)  # (B, D)
+        return self.log_probs.gather(1, levels.T).T.sum(1)  # (D, B) -> (B,)
+
+    def sample(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+        probs = self.log_probs.exp().to(generator.device)
+        levels = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, D)
+        return from_levels(levels, self.spec.num_levels).view(n, *self.spec.shape).to(self.device)
+
+
+@register_method("raw-pixels")
+class RawPixels(Method):
+    """The identity representation: pixel values as features."""
+
+    capabilities = frozenset({ENCODE})
+    trainable = False
+    summary = "pixels as features: the probe every encoder must beat"
+
+    def encode(self, x: Tensor) -> Tensor:
+        return x.flatten(1)
+
+
+def _encoder(spec: DataSpec) -> ResNetEncoder:
+    return ResNetEncoder(spec.channels, encoder_widths(spec))
+
+
+@register_method("random-encoder")
+class RandomEncoder(Method):
+    """The shared ResNet encoder at its random initialisation (seeded), frozen."""
+
+    capabilities = frozenset({ENCODE})
+    trainable = False
+    summary = "shared ResNet encoder, random and frozen"
+
+    def __init__(self, spec: DataSpec) -> None:
+        super().__init__(spec)
+        self.encoder = _encoder(spec)
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)
+
+
+@register_method("supervised")
+class Supervised(Method):
+    """The shared ResNet encoder and a linear head trained with cross-entropy on labels."""
+
+    capabilities = frozenset({ENCODE})
+    summary = "shared ResNet encoder trained with labels: the probe's upper bound"
+
+    @classmethod
+    def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
+        return {"lr": 1e-3, "weight_decay": 5e-4}
+
+    def __init__(self, spec: DataSpec, lr: float = 1e-3, weight_decay: float = 5e-4) -> None:
+        super().__init__(spec)
+        self.encoder = _encoder(spec)
+        self.head = nn.Linear(self.encoder.feature_dim, spec.num_classes)
+        self.add_optimizer(
+            "adam", torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
+        )
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        loss = F.cross_entropy(self.head(self.encoder(batch.x)), batch.y)
+        optimizer = self.optimizers["adam"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.encoder(x)

@@ -1,0 +1,1 @@
+"""Evaluators: sample quality, likelihood, representation probes and throughput."""

@@ -1,0 +1,90 @@
+"""One registry for methods, datasets, feature extractors and protocols.
+
+Methods, datasets and extractors register themselves with a decorator at import time;
+protocols are the ``*.toml`` files in ``bench/protocols``. Lookups of unknown names raise a
+:class:`~bench.errors.GenbenchError` with "did you mean" suggestions.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+from typing import Any, Generic, TypeVar
+
+from bench.errors import GenbenchError, unknown_name
+
+T = TypeVar("T")
+
+
+class Registry(Generic[T]):
+    """A name -> object table for one kind of thing."""
+
+    def __init__(self, kind: str) -> None:
+        self.kind = kind
+        self._items: dict[str, T] = {}
+
+    def register(self, name: str) -> Callable[[T], T]:
+        def decorator(obj: T) -> T:
+            if name in self._items and self._items[name] is not obj:
+                raise ValueError(f"{self.kind} {name!r} is registered twice")
+            self._items[name] = obj
+            return obj
+
+        return decorator
+
+    def get(self, name: str) -> T:
+        _load_plugins()
+        if name not in self._items:
+            raise unknown_name(self.kind, name, self._items)
+        return self._items[name]
+
+    def names(self) -> list[str]:
+        _load_plugins()
+        return sorted(self._items)
+
+    def __contains__(self, name: object) -> bool:
+        _load_plugins()
+        return name in self._items
+
+
+METHODS: Registry[Any] = Registry("method")
+DATASETS: Registry[Any] = Registry("dataset")
+EXTRACTORS: Registry[Any] = Registry("feature extractor")
+
+
+def register_method(name: str) -> Callable[[T], T]:
+    """Register a :class:`~bench.method.Method` subclass under ``name`` (sets ``cls.name``)."""
+
+    def decorator(cls: T) -> T:
+        cls.name = name  # type: ignore[attr-defined]
+        return METHODS.register(name)(cls)
+
+    return decorator
+
+
+register_dataset = DATASETS.register
+register_extractor = EXTRACTORS.register
+
+# Modules whose import registers things. Baselines live outside bench/ so bench never has
+# to know a method family; importing the `baselines` package imports every method module.
+_PLUGIN_MODULES = ("bench.data", "bench.metrics.extractors", "baselines")
+_loaded = False
+
+
+def _load_plugins() -> None:
+    global _loaded
+    if _loaded:
+        return
+    _loaded = True
+    for module in _PLUGIN_MODULES:
+        importlib.import_module(module)
+
+
+def parse_names(kind: str, text: str, registry: Registry[Any]) -> list[str]:
+    """Split a comma-separated list of names and check each one against ``registry``."""
+    names = [part.strip() for part in text.split(",") if part.strip()]
+    if not names:
+        raise GenbenchError(f"empty list of {kind}s")
+    for name in names:
+        registry.get(name)
+    return names

@@ -1,0 +1,179 @@
+"""Leaderboards: aggregate result files with pandas into .md / .csv / .html per protocol and
+dataset. Mean and standard deviation over seeds, a 95% confidence interval (Student t) in the
+CSV, arrows for each metric's direction, "n/a" where a method lacks the capability, and
+"<=" before bits/dim that are bounds.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+from scipy import stats
+
+from bench.errors import GenbenchError
+from bench.results import RunResult, find_results, load_result
+
+#: metric -> (column title, direction: "higher" | "lower" | None, decimals)
+METRICS: dict[str, tuple[str, str | None, int]] = {
+    "fid": ("FID", "lower", 2),
+    "kid": ("KID", "lower", 4),
+    "precision": ("precision", "higher", 3),
+    "recall": ("recall", "higher", 3),
+    "bpd": ("bits/dim", "lower", 3),
+    "linear_acc": ("linear acc", "higher", 3),
+    "knn_acc": ("kNN acc", "higher", 3),
+    "train_images_per_s": ("train img/s", "higher", 0),
+    "sample_images_per_s": ("sample img/s", "higher", 0),
+    "nfe": ("NFE", None, 0),
+    "params": ("params", None, 0),
+}
+ARROWS = {"higher": " ↑", "lower": " ↓", None: ""}
+FIDELITY = ("fid", "kid", "precision", "recall")
+
+
+def metric_base(column: str) -> str:
+    """'fid[digits-cnn]' -> 'fid'."""
+    return column.split("[", 1)[0]
+
+
+def direction(column: str) -> str | None:
+    return METRICS.get(metric_base(column), ("", None, 0))[1]
+
+
+def flatten(result: RunResult) -> dict[str, Any]:
+    """One run's headline numbers as {column: value}; absent capabilities are absent keys."""
+    row: dict[str, Any] = {}
+    metrics = result.metrics
+    if "fidelity" in metrics:
+        extractor = metrics["fidelity"]["settings"]["extractor"]
+        for key in FIDELITY:
+            row[f"{key}[{extractor}]"] = metrics["fidelity"].get(key)
+    if "likelihood" in metrics:
+        row["bpd"] = metrics["likelihood"].get("bpd")
+        row["bpd_is_bound"] = bool(metrics["likelihood"].get("is_bound"))
+    if "probe" in metrics:
+        row["linear_acc"] = metrics["probe"].get("linear_acc")
+        row["knn_acc"] = metrics["probe"].get("knn_acc")
+    speed = metrics.get("throughput", {})
+    for key in ("train_images_per_s", "sample_images_per_s", "nfe", "params"):
+        if speed.get(key) is not None:
+            row[key] = speed[key]
+    return row
+
+
+def load_results(root: Path) -> list[RunResult]:
+    paths = find_results(root)
+    if not paths:
+        raise GenbenchError(f"no result files under {root}")
+    return [load_result(p) for p in paths]
+
+
+def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
+    """One row per method: <metric>_mean / _std / _ci95 columns, seeds, status."""
+    rows: dict[str, list[RunResult]] = {}
+    for result in results:
+        rows.setdefault(result.method, []).append(result)
+    records = []
+    for method, runs in sorted(rows.items()):
+        ok = [r for r in runs if r.status == "ok"]
+        record: dict[str, Any] = {"method": method, "seeds": len(ok), "status": _status(runs)}
+        flat = [flatten(r) for r in ok]
+        columns = sorted({c for f in flat for c in f if c != "bpd_is_bound"})
+        for column in columns:
+            values = [f[column] for f in flat if f.get(column) is not None]
+            if not values:
+                continue
+            series = pd.Series(values, dtype="float64")
+            std = float(series.std(ddof=1)) if len(series) > 1 else 0.0
+            record[f"{column}_mean"] = float(series.mean())
+            record[f"{column}_std"] = std
+            record[f"{column}_ci95"] = (
+                float(stats.t.ppf(0.975, len(series) - 1) * std / math.sqrt(len(series)))
+                if len(series) > 1
+                else None
+            )
+        if any(f.get("bpd_is_bound") for f in flat):
+            record["bpd_is_bound"] = True
+        elif any("bpd" in f for f in flat):
+            record["bpd_is_bound"] = False
+        records.append(record)
+    return pd.DataFrame.from_records(records)
+
+
+def _status(runs: list[RunResult]) -> str:
+    parts = []
+    for run in sorted(runs, key=lambda r: r.seed):
+        if run.status == "diverged":
+            parts.append(f"seed {run.seed} diverged at step {run.diverged_at_step}")
+        elif run.status == "failed":
+            parts.append(f"seed {run.seed} failed")
+    return "; ".join(parts) or "ok"
+
+
+def metric_columns(table: pd.DataFrame) -> list[str]:
+    """The metric columns present, in METRICS order (fidelity columns per extractor)."""
+    present = sorted({c[: -len("_mean")] for c in table.columns if c.endswith("_mean")})
+    order = list(METRICS)
+    return sorted(
+        present,
+        key=lambda c: (order.index(metric_base(c)) if metric_base(c) in order else len(order), c),
+    )
+
+
+def display_table(table: pd.DataFrame) -> pd.DataFrame:
+    """Human-readable cells: 'mean ± std', 'n/a', '≤' for bounds, arrows in the titles."""
+    out = pd.DataFrame({"method": table["method"]})
+    for column in metric_columns(table):
+        base = metric_base(column)
+        title, sense, decimals = METRICS.get(base, (base, None, 3))
+        suffix = column[len(base) :]
+        cells = []
+        for _, row in table.iterrows():
+            mean = row.get(f"{column}_mean")
+            if mean is None or (isinstance(mean, float) and math.isnan(mean)):
+                cells.append("n/a")
+                continue
+            text = _fmt(mean, decimals)
+            std = row.get(f"{column}_std")
+            if row.get("seeds", 1) > 1 and std is not None and not math.isnan(std):
+                text += f" ± {_fmt(std, decimals)}"
+            if base == "bpd" and row.get("bpd_is_bound") is True:
+                text = "≤ " + text
+            cells.append(text)
+        out[f"{title}{suffix}{ARROWS[sense]}"] = cells
+    out["seeds"] = table["seeds"]
+    out["status"] = table["status"]
+    return out
+
+
+def _fmt(value: float, decimals: int) -> str:
+    if decimals == 0:
+        return f"{value:,.0f}"
+    return f"{value:.{decimals}f}"
+
+
+def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root: Path) -> Path:
+    """Aggregate ``results_root/<protocol>/<dataset>`` into ``out_root/<protocol>-<dataset>/``."""
+    source = results_root / protocol / dataset
+    results = load_results(source)
+    table = aggregate(results)
+    versions = sorted({r.protocol.get("version") for r in results})
+    folder = out_root / f"{protocol}-{dataset}"
+    folder.mkdir(parents=True, exist_ok=True)
+    table.to_csv(folder / "leaderboard.csv", index=False, float_format="%.6g")
+    shown = display_table(table)
+    header = (
+        f"# Leaderboard: protocol `{protocol}` (version {', '.join(map(str, versions))}), "
+        f"dataset `{dataset}`\n\n"
+        "Generated by `genbench report` from the result files; do not edit by hand. "
+        "↑ higher is better, ↓ lower is better; `n/a`: the method lacks the capability; "
+        "`≤`: a bound on bits/dim, not the exact value; ± is the standard deviation over "
+        "seeds. Throughput is images per second on the device in each result's `env`.\n\n"
+    )
+    (folder / "leaderboard.md").write_text(header + shown.to_markdown(index=False) + "\n")
+    (folder / "leaderboard.html").write_text(shown.to_html(index=False, border=0))
+    return folder
