@@ -14,11 +14,12 @@ class GenbenchError(Exception):
     """Bad input: unknown names, missing data, malformed configs or result files."""
 
 
-def unknown_name(kind: str, name: str, choices: Iterable[str]) -> GenbenchError:
+def unknown_name(kind: str, name: str, choices: Iterable[str], where: str = "") -> GenbenchError:
     """An error for an unknown ``name`` that suggests the closest valid choices."""
     valid = sorted(choices)
     close = difflib.get_close_matches(name, valid, n=3, cutoff=0.5)
     hint = f" Did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    prefix = f"{where}: " if where else ""
     return GenbenchError(
-        f"unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid) or '(none)'}"
+        f"{prefix}unknown {kind} {name!r}.{hint} Valid {kind}s: {', '.join(valid) or '(none)'}"
     )

@@ -114,7 +114,7 @@ def parse_protocol(raw: dict[str, Any], where: str = "<protocol>") -> Protocol:
         raise GenbenchError(f"{where}: missing key {missing[0]!r}")
     extra = sorted(set(raw) - allowed)
     if extra:
-        raise unknown_name(f"protocol key in {where}:", extra[0], allowed)
+        raise unknown_name("protocol key", extra[0], allowed, where)
     version = raw["version"]
     if not isinstance(version, int) or isinstance(version, bool) or version < 1:
         raise GenbenchError(f"{where}: version must be a positive integer, got {version!r}")
@@ -150,7 +150,7 @@ def _build(cls: type, table: Any, where: str) -> Any:
     values: dict[str, Any] = {}
     for key, value in table.items():
         if key not in fields:
-            raise unknown_name(f"setting in {where}:", key, fields)
+            raise unknown_name("setting", key, fields, where)
         values[key] = _check_type(key, value, fields[key], where)
     missing = [
         n

@@ -46,7 +46,8 @@ class RunResult:
     schema_version: int = SCHEMA_VERSION
 
     def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+        raw = dataclasses.asdict(self)
+        return {"schema_version": raw.pop("schema_version"), **raw}
 
     @property
     def key(self) -> tuple[str, str, str, int]:

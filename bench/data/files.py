@@ -37,6 +37,8 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 or data[0] != 0 or data[1] != 0 or data[2] not in _IDX_DTYPES:
         raise GenbenchError(f"{path} is not an IDX file")
     ndim = data[3]
+    if len(data) < 4 + 4 * ndim:
+        raise GenbenchError(f"{path} is truncated: its header is incomplete")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
     array = np.frombuffer(data, dtype=_IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
     if array.size != int(np.prod(dims)):

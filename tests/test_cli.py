@@ -1,0 +1,175 @@
+"""The command line: bad input gives one line on stderr, exit 2, and leaves runs/ alone."""
+
+from __future__ import annotations
+
+import hashlib
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from bench.cli import main
+
+
+def snapshot(root: Path) -> dict[str, str]:
+    return {
+        str(p.relative_to(root)): hashlib.sha256(p.read_bytes()).hexdigest()
+        for p in sorted(root.rglob("*"))
+        if p.is_file()
+    }
+
+
+@pytest.fixture
+def existing_runs(tmp_path: Path) -> Path:
+    out = tmp_path / "runs"
+    assert (
+        main(
+            [
+                "run",
+                "--protocol",
+                "smoke",
+                "--methods",
+                "raw-pixels",
+                "--out",
+                str(out),
+                "--reports",
+                str(tmp_path / "reports"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    return out
+
+
+BAD = [
+    (["run", "--methods", "vea"], "unknown method 'vea'"),
+    (["run", "--dataset", "imagenet"], "unknown dataset 'imagenet'"),
+    (["run", "--protocol", "quik"], "unknown protocol 'quik'"),
+    (["run", "--protocol", "{bad_toml}"], "malformed protocol file"),
+    (
+        ["run", "--dataset", "cifar10", "--no-download", "--data-root", "{empty}"],
+        "dataset 'cifar10' not found",
+    ),
+    (["run", "--set", "train.budget_imags=5"], "Did you mean 'budget_images'"),
+    (["run", "--set", "nonsense=5", "--methods", "raw-pixels"], "no selected method"),
+    (["run", "--set", "alpha=abc", "--methods", "independent-pixels"], "bad value 'abc'"),
+    (["run", "--seeds", "a,b"], "--seeds expects"),
+    (["run", "--device", "tpu"], "unknown device"),
+    (["report", "--runs", "{empty}"], "no results found"),
+    (["compare", "{empty}/nope.csv", "{empty}"], "does not exist"),
+    (["frobnicate"], "invalid choice"),
+]
+
+
+@pytest.mark.parametrize("argv, message", BAD, ids=[" ".join(a) for a, _ in BAD])
+def test_bad_input_is_one_line_exit_2_and_keeps_results(
+    argv: list[str], message: str, existing_runs: Path, tmp_path: Path, capsys
+) -> None:
+    bad_toml = tmp_path / "bad.toml"
+    bad_toml.write_text("name = [\n")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    argv = [a.format(bad_toml=bad_toml, empty=empty) for a in argv]
+    if argv[0] in ("run",):
+        argv += ["--out", str(existing_runs), "--reports", str(tmp_path / "reports")]
+    before = snapshot(existing_runs)
+    capsys.readouterr()
+    code = main(argv)
+    err = capsys.readouterr().err
+    assert code == 2
+    lines = err.strip().splitlines()
+    assert len(lines) == 1 and message in lines[0] and lines[0].startswith("genbench: error:")
+    assert "Traceback" not in err
+    assert snapshot(existing_runs) == before
+
+
+def test_console_entry_point_exit_code(tmp_path: Path) -> None:
+    proc = subprocess.run(
+        [sys.executable, "-m", "bench", "run", "--methods", "nope", "--out", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [proc.stderr.strip()]
+    assert "unknown method 'nope'" in proc.stderr
+
+
+def test_list_shows_capabilities(capsys) -> None:
+    assert main(["list"]) == 0
+    out = capsys.readouterr().out
+    assert "independent-pixels" in out and "[log_likelihood, sample]" in out
+    assert "smoke@v1" in out and "digits-cnn" in out
+
+
+def test_rerun_skips_finished_runs(existing_runs: Path, tmp_path: Path, caplog) -> None:
+    before = snapshot(existing_runs)
+    caplog.set_level("INFO")
+    assert (
+        main(
+            [
+                "run",
+                "--protocol",
+                "smoke",
+                "--methods",
+                "raw-pixels",
+                "--out",
+                str(existing_runs),
+                "--reports",
+                str(tmp_path / "r"),
+                "--device",
+                "cpu",
+            ]
+        )
+        == 0
+    )
+    assert "finished already, skipped" in caplog.text
+    assert snapshot(existing_runs) == before
+
+
+def test_divergent_run_is_recorded_and_study_continues(tmp_path: Path) -> None:
+    from bench.results import load_result
+
+    out = tmp_path / "runs"
+    code = main(
+        [
+            "run",
+            "--protocol",
+            "smoke",
+            "--methods",
+            "supervised,raw-pixels",
+            "--set",
+            "supervised.lr=1e12",
+            "--set",
+            "train.budget_images=640",
+            "--out",
+            str(out),
+            "--reports",
+            str(tmp_path / "r"),
+            "--device",
+            "cpu",
+        ]
+    )
+    assert code == 0
+    diverged = load_result(out / "smoke/digits/supervised/seed-0/result.json")
+    assert diverged.status == "diverged" and diverged.diverged_at_step is not None
+    assert load_result(out / "smoke/digits/raw-pixels/seed-0/result.json").status == "ok"
+    board = (tmp_path / "r/smoke-digits/leaderboard.md").read_text()
+    assert "diverged at step" in board
+
+
+def test_compare_cli_exit_codes(existing_runs: Path, tmp_path: Path, capsys) -> None:
+    expected = tmp_path / "expected.csv"
+    results = existing_runs / "smoke" / "digits"
+    assert main(["compare", "--update", str(expected), str(results)]) == 0
+    assert main(["compare", str(expected), str(results)]) == 0
+    table = pd.read_csv(expected)
+    table.loc[table["metric"] == "linear_acc", "value"] = 1.5  # unreachable: a regression
+    table.to_csv(expected, index=False)
+    capsys.readouterr()
+    assert main(["compare", str(expected), str(results)]) == 1
+    assert "REGRESSIONS" in capsys.readouterr().out
