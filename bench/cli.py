@@ -93,6 +93,13 @@ def build_parser() -> argparse.ArgumentParser:
     rep.add_argument("--protocol", default=None, help="default: every protocol found")
     rep.add_argument("--dataset", default=None, help="default: every dataset found")
     rep.add_argument("--out", type=Path, default=Path("reports"))
+    rep.add_argument(
+        "--readme",
+        type=Path,
+        default=None,
+        metavar="README.md",
+        help="also paste the leaderboard between the README's excerpt markers",
+    )
 
     cmp = commands.add_parser("compare", help="regression verdicts against an expected table")
     cmp.add_argument("expected", type=Path)
@@ -266,6 +273,10 @@ def cmd_report(args: argparse.Namespace) -> int:
             folder = write_leaderboard(args.runs, protocol, dataset, args.out)
             print(f"leaderboard: {folder / 'leaderboard.md'}")
             written += 1
+            if args.readme:
+                from bench.report import paste_excerpt
+
+                paste_excerpt(folder / "leaderboard.md", args.readme)
     if not written:
         raise GenbenchError(f"no results found under {args.runs}")
     return 0

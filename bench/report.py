@@ -177,3 +177,24 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
     (folder / "leaderboard.md").write_text(header + shown.to_markdown(index=False) + "\n")
     (folder / "leaderboard.html").write_text(shown.to_html(index=False, border=0))
     return folder
+
+
+EXCERPT_START, EXCERPT_END = (
+    "<!-- leaderboard-excerpt:start -->",
+    "<!-- leaderboard-excerpt:end -->",
+)
+
+
+def paste_excerpt(leaderboard: Path, readme: Path) -> None:
+    """Replace the table between the README's excerpt markers with the leaderboard's."""
+    from bench.results import write_text_atomic
+
+    text = readme.read_text()
+    if EXCERPT_START not in text or EXCERPT_END not in text:
+        raise GenbenchError(f"{readme} has no {EXCERPT_START} ... {EXCERPT_END} markers")
+    head, rest = text.split(EXCERPT_START, 1)
+    tail = rest.split(EXCERPT_END, 1)[1]
+    rows = [line for line in leaderboard.read_text().splitlines() if line.startswith("|")]
+    write_text_atomic(
+        readme, head + EXCERPT_START + "\n" + "\n".join(rows) + "\n" + EXCERPT_END + tail
+    )

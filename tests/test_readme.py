@@ -27,4 +27,7 @@ def test_readme_excerpt_matches_the_generated_leaderboard() -> None:
     board = (ROOT / "reports" / "quick-digits" / "leaderboard.md").read_text().splitlines()
     assert len(rows) >= 3
     for row in rows:
-        assert row in board, row
+        assert row in board, (
+            "README's excerpt is stale: refresh it with `genbench report --protocol quick "
+            "--dataset digits --readme README.md`"
+        )
