@@ -3,7 +3,7 @@
     genbench list
     genbench run [--protocol quick] [--dataset digits] [--methods a,b] [--seeds 0,1,2]
                  [--out runs] [--set key=value ...]
-    genbench train --method M [--seed S] ...          (one run; torchrun-able entry point)
+    genbench train --method M [--seed S] ...          (one run)
     genbench report [--runs runs] [--protocol quick] [--dataset digits] [--out reports]
     genbench compare EXPECTED.csv RESULTS_DIR [--update]
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default=None, help="comma-separated (default: all)")
     run.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
 
-    one = commands.add_parser("train", help="one run (method, seed); torchrun-able")
+    one = commands.add_parser("train", help="one run (method, seed), no leaderboard")
     _study_options(one)
     one.add_argument("--method", required=True)
     one.add_argument("--seed", type=int, default=0)

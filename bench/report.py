@@ -161,7 +161,7 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
     source = results_root / protocol / dataset
     results = load_results(source)
     table = aggregate(results)
-    versions = sorted({r.protocol.get("version") for r in results})
+    versions = sorted({int(r.protocol.get("version", 0)) for r in results})
     folder = out_root / f"{protocol}-{dataset}"
     folder.mkdir(parents=True, exist_ok=True)
     table.to_csv(folder / "leaderboard.csv", index=False, float_format="%.6g")

@@ -150,7 +150,7 @@ def find_results(root: Path) -> list[Path]:
 
 def environment(device: str, precision: str) -> dict[str, Any]:
     """The reproducibility block: code version, packages, platform, device, precision."""
-    packages = {}
+    packages: dict[str, str | None] = {}
     for name in (
         "genbench",
         "torch",

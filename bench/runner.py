@@ -263,9 +263,7 @@ def execute_run(spec: RunSpec, study: Study, config: dict[str, Any], digest: str
     except Diverged as exc:
         log.warning("%s seed %d diverged: %s", spec.method, spec.seed, exc)
         return result("diverged", {}, diverged_at_step=exc.step, error=str(exc))
-    except GenbenchError:
-        raise
-    except Exception as exc:  # a method's bug must not stop the study; it is recorded
+    except Exception as exc:  # a method's failure must not stop the study; it is recorded
         spec.directory.mkdir(parents=True, exist_ok=True)
         (spec.directory / "error.log").write_text(traceback.format_exc())
         line = f"{exc.__class__.__name__}: {str(exc).splitlines()[0] if str(exc) else ''}"
@@ -354,10 +352,12 @@ def draw_samples(
     samples = torch.cat(batches)
     if samples.min() < 0 or samples.max() > 1:
         raise GenbenchError(f"{spec.method}.sample returned values outside [0, 1]")
-    if timed_seconds > 0:
-        rate, warm = timed_images / timed_seconds, True
-    else:
-        rate, warm = count / first_seconds if first_seconds > 0 else None, False
+    rate: float | None = None
+    warm = timed_seconds > 0
+    if warm:
+        rate = timed_images / timed_seconds
+    elif first_seconds > 0:
+        rate = count / first_seconds
     return samples, {"sample_images_per_s": rate, "sample_warmup_excluded": warm, "nfe": nfe}
 
 

@@ -17,6 +17,7 @@ import gzip
 import pickle
 import struct
 from pathlib import Path
+from typing import Any
 from urllib.error import URLError
 
 import numpy as np
@@ -26,7 +27,14 @@ from bench.errors import GenbenchError
 from bench.method import DataSpec
 from bench.registry import register_dataset
 
-_IDX_DTYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+_IDX_DTYPES: dict[int, Any] = {
+    0x08: np.uint8,
+    0x09: np.int8,
+    0x0B: ">i2",
+    0x0C: ">i4",
+    0x0D: ">f4",
+    0x0E: ">f8",
+}
 
 
 def read_idx(path: Path) -> np.ndarray:
@@ -40,7 +48,7 @@ def read_idx(path: Path) -> np.ndarray:
     if len(data) < 4 + 4 * ndim:
         raise GenbenchError(f"{path} is truncated: its header is incomplete")
     dims = struct.unpack(f">{ndim}I", data[4 : 4 + 4 * ndim])
-    array = np.frombuffer(data, dtype=_IDX_DTYPES[data[2]], offset=4 + 4 * ndim)
+    array = np.frombuffer(data, dtype=np.dtype(_IDX_DTYPES[data[2]]), offset=4 + 4 * ndim)
     if array.size != int(np.prod(dims)):
         raise GenbenchError(f"{path} is truncated: expected {int(np.prod(dims))} values")
     return array.reshape(dims)

@@ -73,7 +73,7 @@ def fidelity_from_inputs(
     reference_cache_name: str | None = None,
     device: torch.device | None = None,
     feature_weights: str | None = None,
-) -> dict[str, float]:
+) -> dict[str, Any]:
     """torch-fidelity's FID, KID and precision/recall of ``generated`` against ``reference``."""
     num_generated, num_reference = len(generated), len(reference)  # type: ignore[arg-type]
     if num_generated < 2 or num_reference < 2:
@@ -147,7 +147,7 @@ def evaluate_samples(
     weights_sha = extractor_fingerprint(extractor, feature_weights)
     reference = TensorImages(levels_to_uint8(data.levels("train"), spec.num_levels), rgb)
     cache_name = f"genbench-{spec.name}-train-{data.fingerprint()[:16]}-{weights_sha[:16]}"
-    metrics = fidelity_from_inputs(
+    metrics: dict[str, Any] = fidelity_from_inputs(
         TensorImages(images_to_uint8(samples, spec.num_levels), rgb),
         reference,
         extractor,

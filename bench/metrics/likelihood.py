@@ -27,6 +27,8 @@ class BitsPerDim(Metric):
 
     higher_is_better = False
     full_state_update = False
+    nll_sum: Tensor
+    count: Tensor
 
     def __init__(self, dims: int, **kwargs: Any) -> None:
         super().__init__(**kwargs)

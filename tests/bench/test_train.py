@@ -92,7 +92,7 @@ def test_ema_is_an_exact_exponential_average() -> None:
         ema.update(module)
         expected = 0.9 * expected + 0.1 * value
     ema.copy_to(module)
-    assert float(module.weight) == pytest.approx(expected)
+    assert module.weight.item() == pytest.approx(expected)
 
 
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
