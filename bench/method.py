@@ -164,6 +164,14 @@ class Method(nn.Module):
     #: number of network evaluations of the last ``sample`` call (1 for one-shot samplers)
     last_nfe: int = 1
 
+    def sample_settings(self) -> dict[str, Any]:
+        """Sampler settings recorded with the fidelity metrics (steps, guidance, ...)."""
+        return {}
+
+    def likelihood_settings(self) -> dict[str, Any]:
+        """Settings recorded with bits/dim (IWAE k, dequantization passes, ODE tolerance...)."""
+        return {}
+
     def flops_forward(self, x: Tensor) -> None:
         """The forward pass whose FLOPs per image are reported: by default the method's
         cheapest capability on a data batch. Methods with a main network override this."""

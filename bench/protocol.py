@@ -187,6 +187,16 @@ def _check_type(key: str, value: Any, field: dataclasses.Field[Any], where: str)
             raise GenbenchError(f"{where}: {key} must be a list of numbers") from None
         if not value:
             raise GenbenchError(f"{where}: {key} must not be empty")
-    if key in ("batch_size", "fid_samples", "sample_batch_size", "eval_batch_size") and value < 1:
-        raise GenbenchError(f"{where}: {key} must be at least 1")
+    minimum = {
+        "batch_size": 1,
+        "sample_batch_size": 1,
+        "eval_batch_size": 1,
+        "fid_samples": 2,
+        "kid_subset_size": 2,
+        "kid_subsets": 1,
+        "prc_neighborhood": 1,
+        "knn_k": 1,
+    }
+    if key in minimum and value < minimum[key]:
+        raise GenbenchError(f"{where}: {key} must be at least {minimum[key]}, got {value}")
     return value

@@ -291,6 +291,7 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
         metrics["fidelity"] = fidelity.evaluate_samples(
             samples, data, study.extractor, settings, spec.seed, device, study.feature_weights
         )
+        metrics["fidelity"]["settings"]["sampler"] = method.sample_settings()
         save_grid(samples[:64], spec.directory / "samples.png")
     if LOG_LIKELIHOOD in caps:
         metrics["likelihood"] = likelihood.evaluate_likelihood(

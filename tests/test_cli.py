@@ -58,6 +58,7 @@ BAD = [
     (["run", "--set", "nonsense=5", "--methods", "raw-pixels"], "no selected method"),
     (["run", "--set", "alpha=abc", "--methods", "independent-pixels"], "bad value 'abc'"),
     (["run", "--seeds", "a,b"], "--seeds expects"),
+    (["run", "--set", "eval.fid_samples=1"], "fid_samples must be at least 2"),
     (["run", "--device", "tpu"], "unknown device"),
     (["report", "--runs", "{empty}"], "no results found"),
     (["compare", "{empty}/nope.csv", "{empty}"], "does not exist"),

@@ -57,6 +57,13 @@ class RealData(Method):
             idx = torch.randint(available, (n,), generator=generator, device=device)
         return self.held_out[idx.to(self.held_out.device)]
 
+    def sample_settings(self) -> dict[str, Any]:
+        return {
+            "source": "test split",
+            "held_out_images": len(self.held_out),
+            "with_replacement_beyond": len(self.held_out),
+        }
+
 
 @register_method("independent-pixels")
 class IndependentPixels(Method):

@@ -119,5 +119,5 @@ def evaluate_likelihood(
         "num_levels": num_levels,
         "uniform_bpd": uniform_bits_per_dim(num_levels),
     }
-    settings.update(getattr(method, "likelihood_settings", lambda: {})())
+    settings.update(method.likelihood_settings())
     return {"bpd": bpd, "is_bound": bool(method.likelihood_is_bound), "settings": settings}

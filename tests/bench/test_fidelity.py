@@ -111,10 +111,15 @@ def test_too_few_samples_is_a_clear_error() -> None:
         evaluate_samples(torch.rand(1, 1, 8, 8), data, "digits-cnn", SETTINGS, 0)
 
 
-def test_evaluate_samples_records_its_settings(tmp_path) -> None:
+def test_evaluate_samples_records_its_settings(tmp_path, monkeypatch) -> None:
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
     data = load_dataset("digits")
     out = evaluate_samples(data.images("test")[:100], data, "digits-cnn", SETTINGS, 0)
     settings = out["settings"]
     assert settings["extractor"] == "digits-cnn" and len(settings["weights_sha256"]) == 64
     assert settings["num_samples"] == 100 and settings["reference_size"] == 1500
     assert settings["kid_subset_size"] == 100
+    # reference statistics are cached under a name hashing data content and extractor weights
+    cached = sorted(p.name for p in (tmp_path / "fidelity").iterdir())
+    assert cached and all(data.fingerprint()[:16] in name for name in cached)
+    assert all(settings["weights_sha256"][:16] in name for name in cached)
