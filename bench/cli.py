@@ -3,7 +3,7 @@
     genbench list
     genbench run [--protocol quick] [--dataset digits] [--methods a,b] [--seeds 0,1,2]
                  [--out runs] [--set key=value ...]
-    genbench train --method M [--seed S] ...          (one run)
+    genbench train --method M [--seed S] ...          (one run; under torchrun, data-parallel)
     genbench report [--runs runs] [--protocol quick] [--dataset digits] [--out reports]
     genbench compare EXPECTED.csv RESULTS_DIR [--update]
 
@@ -83,7 +83,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default=None, help="comma-separated (default: all)")
     run.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
 
-    one = commands.add_parser("train", help="one run (method, seed), no leaderboard")
+    one = commands.add_parser("train", help="one run (method, seed); data-parallel under torchrun")
     _study_options(one)
     one.add_argument("--method", required=True)
     one.add_argument("--seed", type=int, default=0)
@@ -244,11 +244,19 @@ def cmd_run(args: argparse.Namespace) -> int:
 
 
 def cmd_train(args: argparse.Namespace) -> int:
+    """One run; under ``torchrun --nproc_per_node=N`` it trains data-parallel."""
+    from bench import distributed
     from bench.registry import METHODS
 
     METHODS.get(args.method)
     args.no_report = True
-    return _run(args, [args.method], [args.seed])
+    info = distributed.init_from_env()
+    if not info.is_main:
+        logging.getLogger().setLevel(logging.WARNING)
+    try:
+        return _run(args, [args.method], [args.seed])
+    finally:
+        distributed.shutdown()
 
 
 def cmd_report(args: argparse.Namespace) -> int:

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from bench import distributed
 from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
 from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Method
@@ -73,7 +74,9 @@ class Study:
 
 def resolve_device(name: str) -> torch.device:
     if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        name = "cuda" if torch.cuda.is_available() else "cpu"
+    if name == "cuda" and distributed.current().enabled:
+        return torch.device(f"cuda:{distributed.current().local_rank}")
     if name not in ("cpu", "cuda") and not name.startswith("cuda:"):
         raise GenbenchError(f"unknown device {name!r}. Valid devices: auto, cpu, cuda, cuda:N")
     if name.startswith("cuda") and not torch.cuda.is_available():
@@ -211,18 +214,24 @@ def run_study(study: Study, force: bool = False) -> list[RunResult]:
             results.append(load_result(spec.directory / RESULT_FILE))
             continue
         result = execute_run(spec, study, config, digest)
+        if result is None or not distributed.current().is_main:
+            continue  # a non-zero rank of a distributed run: rank 0 writes
         write_result(result, spec.directory)
         log.info("%s seed %d: %s -> %s", spec.method, spec.seed, result.status, spec.directory)
         results.append(result)
     return results
 
 
-def execute_run(spec: RunSpec, study: Study, config: dict[str, Any], digest: str) -> RunResult:
+def execute_run(
+    spec: RunSpec, study: Study, config: dict[str, Any], digest: str
+) -> RunResult | None:
     """Train and evaluate one run. Never raises for a method's own failure: a NaN loss gives
     status 'diverged', an exception 'failed' (traceback in the run folder's error.log)."""
     started = time.perf_counter()
     device, data = study.device, study.data
     env = environment(throughput.device_name(device), study.precision)
+    dist_info = distributed.current()
+    env["world_size"] = dist_info.world_size
     config = {**config, "hash": digest}
 
     def result(status: str, metrics: dict[str, Any], **extra: Any) -> RunResult:
@@ -244,6 +253,11 @@ def execute_run(spec: RunSpec, study: Study, config: dict[str, Any], digest: str
     try:
         method: Method = METHODS.get(spec.method).build(data.spec, spec.hparams).to(device)
         method.prepare(data.images("train"), data.labels("train"), data.images("test"))
+        if dist_info.enabled:
+            distributed.broadcast_module(method)
+            distributed.attach_gradient_averaging(method.optimizers)
+            if dist_info.rank:  # the same weights, but each rank its own noise
+                torch.manual_seed(spec.seed * 7919 + dist_info.rank)
         outcome = None
         if method.trainable and spec.protocol.train.budget_images > 0:
             outcome = train(
@@ -260,6 +274,8 @@ def execute_run(spec: RunSpec, study: Study, config: dict[str, Any], digest: str
             )
         method.eval()
         metrics = evaluate(method, spec, study, outcome)
+        if metrics is None:
+            return None
     except Diverged as exc:
         log.warning("%s seed %d diverged: %s", spec.method, spec.seed, exc)
         return result("diverged", {}, diverged_at_step=exc.step, error=str(exc))
@@ -272,10 +288,24 @@ def execute_run(spec: RunSpec, study: Study, config: dict[str, Any], digest: str
     return result("ok", metrics)
 
 
-def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[str, Any]:
-    """Every evaluator the method has the capability for, plus throughput for all."""
+def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[str, Any] | None:
+    """Every evaluator the method has the capability for, plus throughput for all.
+
+    In a distributed run the likelihood is computed on every rank's shard of the test split
+    and reduced across ranks; the rest runs on rank 0 (other ranks get None)."""
     settings, data, device = spec.protocol.eval, study.data, study.device
     metrics: dict[str, Any] = {}
+    if LOG_LIKELIHOOD in method.capabilities:
+        metrics["likelihood"] = likelihood.evaluate_likelihood(
+            method,
+            data.images("test"),
+            settings.eval_batch_size,
+            data.spec.dims,
+            data.spec.num_levels,
+            device,
+        )
+    if not distributed.current().is_main:
+        return None
     speed: dict[str, Any] = {
         "device": throughput.device_name(device),
         "precision": study.precision,
@@ -293,15 +323,6 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
         )
         metrics["fidelity"]["settings"]["sampler"] = method.sample_settings()
         save_grid(samples[:64], spec.directory / "samples.png")
-    if LOG_LIKELIHOOD in caps:
-        metrics["likelihood"] = likelihood.evaluate_likelihood(
-            method,
-            data.images("test"),
-            settings.eval_batch_size,
-            data.spec.dims,
-            data.spec.num_levels,
-            device,
-        )
     if ENCODE in caps:
         metrics["probe"] = probe.evaluate_probe(
             method,

@@ -18,6 +18,8 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
+from bench import distributed
+from bench.errors import GenbenchError
 from bench.method import Batch, Method
 from bench.metrics.throughput import StepTimer
 from bench.protocol import TrainSettings
@@ -103,8 +105,16 @@ def train(
     description: str = "",
     resume_key: str = "",
 ) -> TrainOutcome:
-    """Train ``method`` on ``images`` (float, [0, 1]) until ``settings.budget_images``."""
+    """Train ``method`` on ``images`` (float, [0, 1]) until ``settings.budget_images``.
+
+    Under torchrun each rank trains on its share of every global batch (see
+    :mod:`bench.distributed`); images seen count the whole global batch."""
     budget = settings.budget_images
+    dist_info = distributed.current()
+    if dist_info.enabled and settings.batch_size % dist_info.world_size:
+        raise GenbenchError(
+            f"batch_size {settings.batch_size} is not divisible by the {dist_info.world_size} ranks"
+        )
     ema = EMA(method, method.ema_decay) if method.ema_decay else None
     images_seen, step = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE if run_dir else None
@@ -138,14 +148,16 @@ def train(
     ) as bar:
         while images_seen < budget:
             idx = batch_indices(len(images), settings.batch_size, seed, step)
+            idx = distributed.local_slice(idx, dist_info)
             batch = Batch(
                 images[idx].to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
             )
             timer.start()
             with autocast(device, precision):
                 losses = method.train_step(batch, step)
-            used = int(losses.pop("images", len(batch)))
+            used = int(losses.pop("images", len(batch))) * dist_info.world_size
             timer.stop(used)
+            losses = distributed.all_reduce_mean(losses, device)
             for key, value in losses.items():
                 if not math.isfinite(value):
                     raise Diverged(step, key, value)
@@ -154,13 +166,15 @@ def train(
             if ema:
                 ema.update(method)
             bar.update(used)
-            if next_checkpoint and images_seen >= next_checkpoint and images_seen < budget:
+            due = next_checkpoint and images_seen >= next_checkpoint and images_seen < budget
+            if due and dist_info.is_main:
                 _save(checkpoint, method, ema, images_seen, step, device, resume_key)
                 next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
-    if checkpoint is not None and images_seen > resumed_from:
+    if checkpoint is not None and images_seen > resumed_from and dist_info.is_main:
         _save(checkpoint, method, ema, images_seen, step, device, resume_key)
     if ema:
         ema.copy_to(method)
+    distributed.broadcast_module(method)  # rank-local buffers -> rank 0's
     return TrainOutcome(
         images_seen,
         step,

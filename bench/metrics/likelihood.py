@@ -106,11 +106,17 @@ def evaluate_likelihood(
     num_levels: int,
     device: torch.device,
 ) -> dict[str, Any]:
-    """bits/dim of ``method`` on the test images (float [0, 1]), labelled bound or exact."""
+    """bits/dim of ``method`` on the test images (float [0, 1]), labelled bound or exact.
+
+    In a distributed run each rank scores its shard; the metric reduces across ranks."""
+    from bench.distributed import current
+
+    info = current()
+    shard = test_images[info.rank :: info.world_size]
     metric = BitsPerDim(dims).to(device)
     with torch.no_grad():
-        for start in range(0, len(test_images), batch_size):
-            x = test_images[start : start + batch_size].to(device)
+        for start in range(0, len(shard), batch_size):
+            x = shard[start : start + batch_size].to(device)
             metric.update(method.log_likelihood(x))
     bpd = float(metric.compute())
     settings = {

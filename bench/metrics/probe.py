@@ -43,7 +43,8 @@ def extract_features(method: Any, images: Tensor, batch_size: int, device: torch
 
 
 def accuracy(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
-    metric = MulticlassAccuracy(num_classes=num_classes, average="micro")
+    # probes run on rank 0 over gathered features: no cross-rank sync here
+    metric = MulticlassAccuracy(num_classes=num_classes, average="micro", sync_on_compute=False)
     metric.update(predictions, labels)
     return float(metric.compute())
 
