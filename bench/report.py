@@ -101,7 +101,33 @@ def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
         elif any("bpd" in f for f in flat):
             record["bpd_is_bound"] = False
         records.append(record)
-    return pd.DataFrame.from_records(records)
+    table = pd.DataFrame.from_records(records)
+    for column in metric_columns(table) if len(table) else []:
+        if direction(column):
+            table[f"{column}_rank"] = shared_ranks(table, column)
+    return table
+
+
+def shared_ranks(table: pd.DataFrame, column: str) -> list[int | None]:
+    """Rank by the metric's direction; methods whose 95% intervals overlap share a rank:
+    a method's rank is 1 + the number of methods whose interval lies wholly better."""
+    sign = -1.0 if direction(column) == "higher" else 1.0
+    bounds: list[tuple[float, float] | None] = []
+    for _, row in table.iterrows():
+        mean = row.get(f"{column}_mean")
+        if mean is None or pd.isna(mean):
+            bounds.append(None)
+            continue
+        half = row.get(f"{column}_ci95")
+        half = 0.0 if half is None or pd.isna(half) else float(half)
+        bounds.append((sign * float(mean) - half, sign * float(mean) + half))  # lower is better
+    ranks: list[int | None] = []
+    for own in bounds:
+        if own is None:
+            ranks.append(None)
+            continue
+        ranks.append(1 + sum(1 for other in bounds if other is not None and other[1] < own[0]))
+    return ranks
 
 
 def _status(runs: list[RunResult]) -> str:
@@ -116,7 +142,7 @@ def _status(runs: list[RunResult]) -> str:
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
     """The metric columns present, in METRICS order (fidelity columns per extractor)."""
-    present = sorted({c[: -len("_mean")] for c in table.columns if c.endswith("_mean")})
+    present = sorted({str(c)[: -len("_mean")] for c in table.columns if str(c).endswith("_mean")})
     order = list(METRICS)
     return sorted(
         present,

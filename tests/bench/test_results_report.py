@@ -129,6 +129,18 @@ def test_aggregate_mean_std_and_markers(tmp_path: Path) -> None:
     assert "diverged at step 5" in markdown
 
 
+def test_overlapping_intervals_share_a_rank() -> None:
+    runs = [make_result("a", s, fid=f) for s, f in enumerate([10.0, 11.0, 12.0])]
+    runs += [make_result("b", s, fid=f) for s, f in enumerate([10.5, 11.5, 12.5])]
+    runs += [make_result("c", s, fid=f) for s, f in enumerate([40.0, 41.0, 42.0])]
+    runs += [make_result("d", 0, acc=0.5)]
+    table = aggregate(runs).set_index("method")
+    assert table.at["a", "fid[digits-cnn]_rank"] == table.at["b", "fid[digits-cnn]_rank"] == 1
+    assert table.at["c", "fid[digits-cnn]_rank"] == 3
+    assert pd.isna(table.at["d", "fid[digits-cnn]_rank"])
+    assert table.at["d", "linear_acc_rank"] == 1
+
+
 def test_compare_regressions_improvements_and_update(tmp_path: Path) -> None:
     runs = tmp_path / "runs"
     write(runs, make_result("gen", 0, fid=10.0, bpd=2.0))
