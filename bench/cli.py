@@ -3,6 +3,7 @@
     genbench list
     genbench run [--protocol quick] [--dataset digits] [--methods a,b] [--seeds 0,1,2]
                  [--out runs] [--set key=value ...]
+    genbench sweep [--executor pool] [--workers N] ...  (runs as parallel processes)
     genbench train --method M [--seed S] ...          (one run; under torchrun, data-parallel)
     genbench report [--runs runs] [--protocol quick] [--dataset digits] [--out reports]
     genbench compare EXPECTED.csv RESULTS_DIR [--update]
@@ -83,6 +84,24 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--methods", default=None, help="comma-separated (default: all)")
     run.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
 
+    sweep = commands.add_parser("sweep", help="a study as parallel processes, one per GPU")
+    _study_options(sweep)
+    sweep.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    sweep.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
+    sweep.add_argument(
+        "--executor",
+        default="pool",
+        choices=["pool", "local"],
+        help="pool: one `genbench train` process per run, --workers at a time; "
+        "local: in this process, one after another (= genbench run)",
+    )
+    sweep.add_argument(
+        "--workers",
+        type=int,
+        default=None,
+        help="concurrent runs (default: one per visible GPU, else 1)",
+    )
+
     one = commands.add_parser("train", help="one run (method, seed); data-parallel under torchrun")
     _study_options(one)
     one.add_argument("--method", required=True)
@@ -131,6 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             "train": cmd_train,
             "report": cmd_report,
             "compare": cmd_compare,
+            "sweep": cmd_sweep,
         }[args.command](args)
     except GenbenchError as exc:
         print(f"genbench: error: {exc}", file=sys.stderr)
@@ -241,6 +261,59 @@ def cmd_run(args: argparse.Namespace) -> int:
 
     methods = parse_names("method", args.methods, METHODS) if args.methods else None
     return _run(args, methods, _seeds(args.seeds))
+
+
+def cmd_sweep(args: argparse.Namespace) -> int:
+    from bench.executors import default_workers, run_pool
+    from bench.registry import METHODS, parse_names
+    from bench.report import write_leaderboard
+
+    methods = parse_names("method", args.methods, METHODS) if args.methods else None
+    if args.executor == "local":
+        return _run(args, methods, _seeds(args.seeds))
+    workers = args.workers or default_workers()
+    if workers < 1:
+        raise GenbenchError(f"--workers must be at least 1, got {workers}")
+    study = _plan(args, methods, _seeds(args.seeds))  # validates everything before any run
+    train_args = [
+        "--protocol",
+        str(args.protocol),
+        "--dataset",
+        study.protocol.dataset,
+        "--out",
+        str(args.out),
+        "--device",
+        args.device,
+        "--precision",
+        args.precision,
+        "--extractor",
+        study.extractor,
+    ]
+    for item in args.sets:
+        train_args += ["--set", item]
+    if args.data_root:
+        train_args += ["--data-root", str(args.data_root)]
+    if args.no_download:
+        train_args.append("--no-download")
+    if args.feature_weights:
+        train_args += ["--feature-weights", str(args.feature_weights)]
+    if args.force:
+        train_args.append("--force")
+    codes = run_pool(study, train_args, workers, args.force)
+    crashed = sorted(name for name, code in codes.items() if code != 0)
+    if not args.no_report:
+        folder = write_leaderboard(
+            args.out, study.protocol.name, study.protocol.dataset, args.reports
+        )
+        print(f"leaderboard: {folder / 'leaderboard.md'}")
+    if crashed:
+        print(
+            f"genbench: {len(crashed)} run process(es) crashed: {', '.join(crashed)} "
+            "(see their train.log)",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
 
 
 def cmd_train(args: argparse.Namespace) -> int:

@@ -145,7 +145,7 @@ def plan_study(
     if dataset:
         protocol = dataclasses.replace(protocol, dataset=dataset)
     method_names = methods or METHODS.names()
-    for name in method_names:
+    for name in [*method_names, *protocol.methods]:  # also the protocol's override tables
         METHODS.get(name)
     protocol_sets, method_sets = split_overrides(sets or [], method_names)
     protocol = protocol.with_overrides(protocol_sets)

@@ -58,6 +58,7 @@ BAD = [
     (["run", "--set", "nonsense=5", "--methods", "raw-pixels"], "no selected method"),
     (["run", "--set", "alpha=abc", "--methods", "independent-pixels"], "bad value 'abc'"),
     (["run", "--seeds", "a,b"], "--seeds expects"),
+    (["run", "--protocol", "{bad_method_toml}"], "unknown method 'nosuch'"),
     (["run", "--set", "eval.fid_samples=1"], "fid_samples must be at least 2"),
     (["run", "--device", "tpu"], "unknown device"),
     (["report", "--runs", "{empty}"], "no results found"),
@@ -72,9 +73,12 @@ def test_bad_input_is_one_line_exit_2_and_keeps_results(
 ) -> None:
     bad_toml = tmp_path / "bad.toml"
     bad_toml.write_text("name = [\n")
+    bad_method_toml = tmp_path / "bad_method.toml"
+    smoke = (Path(__file__).parent.parent / "bench/protocols/smoke.toml").read_text()
+    bad_method_toml.write_text(smoke + "\n[methods.nosuch]\nlr = 1.0\n")
     empty = tmp_path / "empty"
     empty.mkdir()
-    argv = [a.format(bad_toml=bad_toml, empty=empty) for a in argv]
+    argv = [a.format(bad_toml=bad_toml, empty=empty, bad_method_toml=bad_method_toml) for a in argv]
     if argv[0] in ("run",):
         argv += ["--out", str(existing_runs), "--reports", str(tmp_path / "reports")]
     before = snapshot(existing_runs)
@@ -174,3 +178,43 @@ def test_compare_cli_exit_codes(existing_runs: Path, tmp_path: Path, capsys) -> 
     capsys.readouterr()
     assert main(["compare", str(expected), str(results)]) == 1
     assert "REGRESSIONS" in capsys.readouterr().out
+
+
+def test_sweep_pool_matches_run(tmp_path: Path) -> None:
+    """Two worker processes produce the results one in-process study produces."""
+    from bench.results import load_result
+
+    common = [
+        "--protocol",
+        "smoke",
+        "--methods",
+        "independent-pixels,supervised",
+        "--device",
+        "cpu",
+        "--set",
+        "train.budget_images=320",
+    ]
+    assert main(["run", *common, "--out", str(tmp_path / "a"), "--no-report"]) == 0
+    assert (
+        main(
+            [
+                "sweep",
+                *common,
+                "--executor",
+                "pool",
+                "--workers",
+                "2",
+                "--out",
+                str(tmp_path / "b"),
+                "--reports",
+                str(tmp_path / "reports"),
+            ]
+        )
+        == 0
+    )
+    for method in ("independent-pixels", "supervised"):
+        rel = Path("smoke/digits") / method / "seed-0/result.json"
+        a, b = load_result(tmp_path / "a" / rel), load_result(tmp_path / "b" / rel)
+        a.metrics.pop("throughput"), b.metrics.pop("throughput")
+        assert a.metrics == b.metrics and a.status == b.status == "ok"
+    assert (tmp_path / "reports/smoke-digits/leaderboard.md").exists()
