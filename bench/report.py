@@ -200,9 +200,35 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
         "`≤`: a bound on bits/dim, not the exact value; ± is the standard deviation over "
         "seeds. Throughput is images per second on the device in each result's `env`.\n\n"
     )
-    (folder / "leaderboard.md").write_text(header + shown.to_markdown(index=False) + "\n")
-    (folder / "leaderboard.html").write_text(shown.to_html(index=False, border=0))
+    grids = copy_sample_grids(results, folder / "samples")
+    gallery = "".join(f"\n**{method}**\n\n![{method}](samples/{method}.png)\n" for method in grids)
+    if gallery:
+        gallery = "\n## Samples (first seed)\n" + gallery
+    (folder / "leaderboard.md").write_text(header + shown.to_markdown(index=False) + "\n" + gallery)
+    html_gallery = "".join(
+        f'<figure><img src="samples/{m}.png" width="160"><figcaption>{m}</figcaption></figure>'
+        for m in grids
+    )
+    (folder / "leaderboard.html").write_text(shown.to_html(index=False, border=0) + html_gallery)
     return folder
+
+
+def copy_sample_grids(results: list[RunResult], target: Path) -> list[str]:
+    """Copy the sample grid of each method's lowest finished seed next to the leaderboard."""
+    import shutil
+
+    first: dict[str, RunResult] = {}
+    for result in sorted(results, key=lambda r: r.seed):
+        if result.status == "ok" and "fidelity" in result.metrics:
+            first.setdefault(result.method, result)
+    copied = []
+    for method, result in sorted(first.items()):
+        source = result.source_dir / "samples.png" if result.source_dir else None
+        if source is not None and source.exists():
+            target.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(source, target / f"{method}.png")
+            copied.append(method)
+    return copied
 
 
 EXCERPT_START, EXCERPT_END = (

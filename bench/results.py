@@ -44,9 +44,12 @@ class RunResult:
     #: one-line error (status "failed")
     error: str | None = None
     schema_version: int = SCHEMA_VERSION
+    #: the folder the result was loaded from (not serialised)
+    source_dir: Path | None = dataclasses.field(default=None, compare=False, repr=False)
 
     def to_dict(self) -> dict[str, Any]:
         raw = dataclasses.asdict(self)
+        raw.pop("source_dir")
         return {"schema_version": raw.pop("schema_version"), **raw}
 
     @property
@@ -132,8 +135,10 @@ def load_result(path: Path) -> RunResult:
         raise GenbenchError(f"malformed result file {path}: status {raw['status']!r}")
     if not isinstance(raw["metrics"], dict):
         raise GenbenchError(f"malformed result file {path}: metrics must be an object")
-    known = {f.name for f in dataclasses.fields(RunResult)}
-    return RunResult(**{k: v for k, v in raw.items() if k in known})
+    known = {f.name for f in dataclasses.fields(RunResult)} - {"source_dir"}
+    result = RunResult(**{k: v for k, v in raw.items() if k in known})
+    result.source_dir = Path(path).parent
+    return result
 
 
 def _v1(raw: dict[str, Any]) -> dict[str, Any]:

@@ -129,6 +129,14 @@ def test_aggregate_mean_std_and_markers(tmp_path: Path) -> None:
     assert "diverged at step 5" in markdown
 
 
+def test_leaderboard_shows_sample_grids(smoke_study, tmp_path: Path) -> None:
+    out, _, _ = smoke_study
+    folder = write_leaderboard(out, "smoke", "digits", tmp_path)
+    assert (folder / "samples" / "real-data.png").exists()
+    assert "![real-data](samples/real-data.png)" in (folder / "leaderboard.md").read_text()
+    assert not (folder / "samples" / "raw-pixels.png").exists()  # no sample capability
+
+
 def test_overlapping_intervals_share_a_rank() -> None:
     runs = [make_result("a", s, fid=f) for s, f in enumerate([10.0, 11.0, 12.0])]
     runs += [make_result("b", s, fid=f) for s, f in enumerate([10.5, 11.5, 12.5])]
