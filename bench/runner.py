@@ -39,7 +39,7 @@ from bench.results import (
     run_dir,
     write_result,
 )
-from bench.train import Diverged, autocast, train
+from bench.train import CHECKPOINT_FILE, Diverged, autocast, train
 
 log = logging.getLogger(__name__)
 
@@ -213,6 +213,8 @@ def run_study(study: Study, force: bool = False) -> list[RunResult]:
             log.info("%s seed %d: finished already, skipped", spec.method, spec.seed)
             results.append(load_result(spec.directory / RESULT_FILE))
             continue
+        if force:  # a forced re-run trains from scratch
+            (spec.directory / CHECKPOINT_FILE).unlink(missing_ok=True)
         result = execute_run(spec, study, config, digest)
         if result is None or not distributed.current().is_main:
             continue  # a non-zero rank of a distributed run: rank 0 writes

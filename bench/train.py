@@ -135,6 +135,8 @@ def train(
         log.info("%s: resumed at %d images (step %d)", description, images_seen, step)
     resumed_from = images_seen
     timer = StepTimer(device, settings.throughput_warmup_steps)
+    if state is not None and state.get("timer"):  # throughput of the part before the resume
+        timer.images, timer.seconds = state["timer"]["images"], state["timer"]["seconds"]
     next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
     losses: dict[str, float] = {}
     method.train()
@@ -168,10 +170,10 @@ def train(
             bar.update(used)
             due = next_checkpoint and images_seen >= next_checkpoint and images_seen < budget
             if due and dist_info.is_main:
-                _save(checkpoint, method, ema, images_seen, step, device, resume_key)
+                _save(checkpoint, method, ema, images_seen, step, device, resume_key, timer)
                 next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
     if checkpoint is not None and images_seen > resumed_from and dist_info.is_main:
-        _save(checkpoint, method, ema, images_seen, step, device, resume_key)
+        _save(checkpoint, method, ema, images_seen, step, device, resume_key, timer)
     if ema:
         ema.copy_to(method)
     distributed.broadcast_module(method)  # rank-local buffers -> rank 0's
@@ -197,6 +199,7 @@ def _save(
     step: int,
     device: torch.device,
     resume_key: str,
+    timer: StepTimer,
 ) -> None:
     if path is None:
         return
@@ -206,6 +209,7 @@ def _save(
         "images_seen": images_seen,
         "step": step,
         "resume_key": resume_key,
+        "timer": {"images": timer.images, "seconds": timer.seconds},
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
