@@ -24,3 +24,15 @@ def smoke_study(tmp_path_factory: pytest.TempPathFactory):
     study = plan_study("smoke", out=out, device="cpu")
     results = run_study(study)
     return out, study, {r.method: r for r in results}
+
+
+@pytest.fixture
+def smoke_cli():
+    """``smoke_cli(out, *args)``: `genbench run --protocol smoke --device cpu --out OUT ...`,
+    returning the exit code."""
+    from bench.cli import main
+
+    def run(out: Path, *args: str) -> int:
+        return main(["run", "--protocol", "smoke", "--device", "cpu", "--out", str(out), *args])
+
+    return run

@@ -22,26 +22,9 @@ def snapshot(root: Path) -> dict[str, str]:
 
 
 @pytest.fixture
-def existing_runs(tmp_path: Path) -> Path:
+def existing_runs(tmp_path: Path, smoke_cli) -> Path:
     out = tmp_path / "runs"
-    assert (
-        main(
-            [
-                "run",
-                "--protocol",
-                "smoke",
-                "--methods",
-                "raw-pixels",
-                "--out",
-                str(out),
-                "--reports",
-                str(tmp_path / "reports"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    assert smoke_cli(out, "--methods", "raw-pixels", "--reports", str(tmp_path / "reports")) == 0
     return out
 
 
@@ -111,53 +94,29 @@ def test_list_shows_capabilities(capsys) -> None:
     assert "smoke@v1" in out and "digits-cnn" in out
 
 
-def test_rerun_skips_finished_runs(existing_runs: Path, tmp_path: Path, caplog) -> None:
+def test_rerun_skips_finished_runs(existing_runs: Path, tmp_path: Path, caplog, smoke_cli) -> None:
     before = snapshot(existing_runs)
     caplog.set_level("INFO")
-    assert (
-        main(
-            [
-                "run",
-                "--protocol",
-                "smoke",
-                "--methods",
-                "raw-pixels",
-                "--out",
-                str(existing_runs),
-                "--reports",
-                str(tmp_path / "r"),
-                "--device",
-                "cpu",
-            ]
-        )
-        == 0
-    )
+    reports = str(tmp_path / "r")
+    assert smoke_cli(existing_runs, "--methods", "raw-pixels", "--reports", reports) == 0
     assert "finished already, skipped" in caplog.text
     assert snapshot(existing_runs) == before
 
 
-def test_divergent_run_is_recorded_and_study_continues(tmp_path: Path) -> None:
+def test_divergent_run_is_recorded_and_study_continues(tmp_path: Path, smoke_cli) -> None:
     from bench.results import load_result
 
     out = tmp_path / "runs"
-    code = main(
-        [
-            "run",
-            "--protocol",
-            "smoke",
-            "--methods",
-            "supervised,raw-pixels",
-            "--set",
-            "supervised.lr=1e12",
-            "--set",
-            "train.budget_images=640",
-            "--out",
-            str(out),
-            "--reports",
-            str(tmp_path / "r"),
-            "--device",
-            "cpu",
-        ]
+    code = smoke_cli(
+        out,
+        "--methods",
+        "supervised,raw-pixels",
+        "--set",
+        "supervised.lr=1e12",
+        "--set",
+        "train.budget_images=640",
+        "--reports",
+        str(tmp_path / "r"),
     )
     assert code == 0
     diverged = load_result(out / "smoke/digits/supervised/seed-0/result.json")

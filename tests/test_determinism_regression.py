@@ -16,28 +16,13 @@ def _metrics_without_timings(path: Path) -> dict:
     return metrics
 
 
-def test_same_seed_same_metrics(tmp_path: Path) -> None:
+def test_same_seed_same_metrics(tmp_path: Path, smoke_cli) -> None:
     methods = "independent-pixels,supervised,real-data"
     for out in ("a", "b"):
-        assert (
-            main(
-                [
-                    "run",
-                    "--protocol",
-                    "smoke",
-                    "--methods",
-                    methods,
-                    "--no-report",
-                    "--set",
-                    "train.budget_images=640",
-                    "--device",
-                    "cpu",
-                    "--out",
-                    str(tmp_path / out),
-                ]
-            )
-            == 0
+        code = smoke_cli(
+            tmp_path / out, "--methods", methods, "--no-report", "--set", "train.budget_images=640"
         )
+        assert code == 0
     for method in methods.split(","):
         rel = Path("smoke/digits") / method / "seed-0/result.json"
         first = _metrics_without_timings(tmp_path / "a" / rel)
