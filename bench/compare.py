@@ -21,7 +21,7 @@ from bench.report import aggregate, direction, load_results, metric_base, metric
 
 COLUMNS = ("method", "metric", "value", "tolerance", "direction")
 #: metrics the expected tables track (timings are too noisy for a regression gate)
-TRACKED = ("fid", "kid", "precision", "recall", "bpd", "linear_acc", "knn_acc")
+TRACKED = ("fid", "kid", "precision", "recall", "sample_acc", "bpd", "linear_acc", "knn_acc")
 
 
 def default_tolerance(metric: str, value: float) -> float:

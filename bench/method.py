@@ -8,7 +8,8 @@ an ``nn.Module`` built from the dataset's :class:`DataSpec` and keyword hyper-pa
   consumes more images than the batch it was given (a GAN's generator batch) reports the
   total under the key ``"images"``.
 - the optional capabilities declared in ``capabilities``:
-  ``sample(n, generator, labels=None)`` images in [0, 1] of shape (n, C, H, W);
+  ``sample(n, generator, labels=None)`` images in [0, 1] of shape (n, C, H, W) (a
+  ``class_conditional`` method gets labels (n,) and should draw images of those classes);
   ``log_likelihood(x)`` per-image log-likelihood in nats of the discrete data (a bound when
   ``likelihood_is_bound``); ``encode(x)`` (n, d) frozen features.
 
@@ -90,6 +91,9 @@ class Method(nn.Module):
     likelihood_is_bound: ClassVar[bool] = False
     #: False for rows fitted in closed form in ``prepare`` (no training loop at all)
     trainable: ClassVar[bool] = True
+    #: True when ``sample`` honours ``labels``: the harness then draws class-balanced labels
+    #: and reports the domain classifier's accuracy on the samples
+    class_conditional: ClassVar[bool] = False
     #: EMA decay of the parameters used for evaluation, or None for no EMA
     ema_decay: ClassVar[float | None] = None
     #: one line for ``genbench list``
@@ -180,7 +184,10 @@ class Method(nn.Module):
         elif LOG_LIKELIHOOD in self.capabilities:
             self.log_likelihood(x)
         elif SAMPLE in self.capabilities:
-            self.sample(x.shape[0], torch.Generator(device=x.device).manual_seed(0))
+            labels = None
+            if self.class_conditional:
+                labels = torch.arange(x.shape[0], device=x.device) % self.spec.num_classes
+            self.sample(x.shape[0], torch.Generator(device=x.device).manual_seed(0), labels)
 
     @property
     def device(self) -> torch.device:

@@ -23,6 +23,7 @@ METRICS: dict[str, tuple[str, str | None, int]] = {
     "kid": ("KID", "lower", 4),
     "precision": ("precision", "higher", 3),
     "recall": ("recall", "higher", 3),
+    "sample_acc": ("sample class acc", "higher", 3),
     "bpd": ("bits/dim", "lower", 3),
     "linear_acc": ("linear acc", "higher", 3),
     "knn_acc": ("kNN acc", "higher", 3),
@@ -32,7 +33,7 @@ METRICS: dict[str, tuple[str, str | None, int]] = {
     "params": ("params", None, 0),
 }
 ARROWS = {"higher": " ↑", "lower": " ↓", None: ""}
-FIDELITY = ("fid", "kid", "precision", "recall")
+FIDELITY = ("fid", "kid", "precision", "recall", "sample_acc")
 
 
 def metric_base(column: str) -> str:
@@ -51,7 +52,8 @@ def flatten(result: RunResult) -> dict[str, Any]:
     if "fidelity" in metrics:
         extractor = metrics["fidelity"]["settings"]["extractor"]
         for key in FIDELITY:
-            row[f"{key}[{extractor}]"] = metrics["fidelity"].get(key)
+            if metrics["fidelity"].get(key) is not None:
+                row[f"{key}[{extractor}]"] = metrics["fidelity"][key]
     if "likelihood" in metrics:
         row["bpd"] = metrics["likelihood"].get("bpd")
         row["bpd_is_bound"] = bool(metrics["likelihood"].get("is_bound"))

@@ -28,7 +28,7 @@ from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
 from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Method
 from bench.metrics import fidelity, likelihood, probe, throughput
-from bench.metrics.extractors import default_extractor
+from bench.metrics.extractors import DOMAIN_EXTRACTORS, default_extractor
 from bench.protocol import Protocol, load_protocol
 from bench.registry import EXTRACTORS, METHODS
 from bench.results import (
@@ -318,12 +318,16 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
     }
     caps = method.capabilities
     if SAMPLE in caps:
-        samples, sample_speed = draw_samples(method, spec, study)
+        samples, labels, sample_speed = draw_samples(method, spec, study)
         speed.update(sample_speed)
         metrics["fidelity"] = fidelity.evaluate_samples(
             samples, data, study.extractor, settings, spec.seed, device, study.feature_weights
         )
         metrics["fidelity"]["settings"]["sampler"] = method.sample_settings()
+        if labels is not None and study.extractor in DOMAIN_EXTRACTORS:
+            metrics["fidelity"]["sample_acc"] = fidelity.sample_classifier_accuracy(
+                samples, labels, data, study.extractor
+            )
         save_grid(samples[:64], spec.directory / "samples.png")
     if ENCODE in caps:
         metrics["probe"] = probe.evaluate_probe(
@@ -349,20 +353,25 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
 @torch.no_grad()
 def draw_samples(
     method: Method, spec: RunSpec, study: Study
-) -> tuple[torch.Tensor, dict[str, Any]]:
+) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """``fid_samples`` images (capped at the reference size) in batches from a generator
-    seeded by the run's seed; the batches after the first are timed for sample throughput."""
+    seeded by the run's seed; the batches after the first are timed for sample throughput.
+    A class-conditional method gets class-balanced labels (returned with the samples)."""
     settings = spec.protocol.eval
     count = min(settings.fid_samples, len(study.data.levels("train")))
     generator = torch.Generator(device=study.device).manual_seed(spec.seed)
+    labels = None
+    if method.class_conditional:
+        labels = torch.arange(count, device=study.device) % study.data.spec.num_classes
     batches, timed_images, timed_seconds, first_seconds = [], 0, 0.0, 0.0
     nfe = None
     for start in range(0, count, settings.sample_batch_size):
         size = min(settings.sample_batch_size, count - start)
         throughput.synchronize(study.device)
         tick = time.perf_counter()
+        batch_labels = labels[start : start + size] if labels is not None else None
         with autocast(study.device, study.precision):
-            batch = method.sample(size, generator)
+            batch = method.sample(size, generator, batch_labels)
         throughput.synchronize(study.device)
         elapsed = time.perf_counter() - tick
         if start == 0:
@@ -382,7 +391,8 @@ def draw_samples(
         rate = timed_images / timed_seconds
     elif first_seconds > 0:
         rate = count / first_seconds
-    return samples, {"sample_images_per_s": rate, "sample_warmup_excluded": warm, "nfe": nfe}
+    speed = {"sample_images_per_s": rate, "sample_warmup_excluded": warm, "nfe": nfe}
+    return samples, (labels.cpu() if labels is not None else None), speed
 
 
 def save_grid(images: torch.Tensor, path: Path) -> None:
