@@ -168,6 +168,12 @@ class Method(nn.Module):
     #: number of network evaluations of the last ``sample`` call (1 for one-shot samplers)
     last_nfe: int = 1
 
+    def sample_variants(self) -> list[dict[str, Any]]:
+        """Sampler settings to evaluate, each passed to ``sample`` as keyword arguments: the
+        first is the default (the method's row); each other one gets a leaderboard row of its
+        own, e.g. ``[{"steps": 50}, {"steps": 10}, {"steps": 20}, {"steps": 100}]``."""
+        return [{}]
+
     def sample_settings(self) -> dict[str, Any]:
         """Sampler settings recorded with the fidelity metrics (steps, guidance, ...)."""
         return {}

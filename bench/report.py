@@ -45,15 +45,34 @@ def direction(column: str) -> str | None:
     return METRICS.get(metric_base(column), ("", None, 0))[1]
 
 
+def variant_name(method: str, variant: dict[str, Any]) -> str:
+    """'ddim' + {'steps': 10} -> 'ddim[steps=10]'."""
+    return f"{method}[{','.join(f'{k}={v}' for k, v in variant.items())}]"
+
+
+def flatten_rows(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
+    """The method's row, plus one row per extra sampler variant (FID against cost)."""
+    rows = [(result.method, flatten(result))]
+    for scores in result.metrics.get("fidelity_variants", []):
+        row = _fidelity_columns(scores)
+        for key in ("sample_images_per_s", "nfe"):
+            if scores.get(key) is not None:
+                row[key] = scores[key]
+        rows.append((variant_name(result.method, scores.get("variant", {})), row))
+    return rows
+
+
+def _fidelity_columns(scores: dict[str, Any]) -> dict[str, Any]:
+    extractor = scores["settings"]["extractor"]
+    return {f"{key}[{extractor}]": scores[key] for key in FIDELITY if scores.get(key) is not None}
+
+
 def flatten(result: RunResult) -> dict[str, Any]:
     """One run's headline numbers as {column: value}; absent capabilities are absent keys."""
     row: dict[str, Any] = {}
     metrics = result.metrics
     if "fidelity" in metrics:
-        extractor = metrics["fidelity"]["settings"]["extractor"]
-        for key in FIDELITY:
-            if metrics["fidelity"].get(key) is not None:
-                row[f"{key}[{extractor}]"] = metrics["fidelity"][key]
+        row.update(_fidelity_columns(metrics["fidelity"]))
     if "likelihood" in metrics:
         row["bpd"] = metrics["likelihood"].get("bpd")
         row["bpd_is_bound"] = bool(metrics["likelihood"].get("is_bound"))
@@ -75,15 +94,24 @@ def load_results(root: Path) -> list[RunResult]:
 
 
 def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
-    """One row per method: <metric>_mean / _std / _ci95 columns, seeds, status."""
-    rows: dict[str, list[RunResult]] = {}
+    """One row per method (and per extra sampler variant): <metric>_mean / _std / _ci95
+    columns, seeds, status."""
+    by_method: dict[str, list[RunResult]] = {}
+    rows: dict[str, list[dict[str, Any]]] = {}
+    owner: dict[str, str] = {}
     for result in results:
-        rows.setdefault(result.method, []).append(result)
+        by_method.setdefault(result.method, []).append(result)
+        rows.setdefault(result.method, [])
+        owner[result.method] = result.method
+        if result.status == "ok":
+            for name, row in flatten_rows(result):
+                rows.setdefault(name, []).append(row)
+                owner[name] = result.method
     records = []
-    for method, runs in sorted(rows.items()):
-        ok = [r for r in runs if r.status == "ok"]
-        record: dict[str, Any] = {"method": method, "seeds": len(ok), "status": _status(runs)}
-        flat = [flatten(r) for r in ok]
+    order = {name: i for i, name in enumerate(rows)}  # variants keep the method's order
+    for name, flat in sorted(rows.items(), key=lambda kv: (owner[kv[0]], order[kv[0]])):
+        runs = by_method[owner[name]]
+        record: dict[str, Any] = {"method": name, "seeds": len(flat), "status": _status(runs)}
         columns = sorted({c for f in flat for c in f if c != "bpd_is_bound"})
         for column in columns:
             values = [f[column] for f in flat if f.get(column) is not None]

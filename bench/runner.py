@@ -318,17 +318,25 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
     }
     caps = method.capabilities
     if SAMPLE in caps:
-        samples, labels, sample_speed = draw_samples(method, spec, study)
-        speed.update(sample_speed)
-        metrics["fidelity"] = fidelity.evaluate_samples(
-            samples, data, study.extractor, settings, spec.seed, device, study.feature_weights
-        )
-        metrics["fidelity"]["settings"]["sampler"] = method.sample_settings()
-        if labels is not None and study.extractor in DOMAIN_EXTRACTORS:
-            metrics["fidelity"]["sample_acc"] = fidelity.sample_classifier_accuracy(
-                samples, labels, data, study.extractor
+        # The first variant is the method's default sampler (the method's own row); others
+        # (step counts, guidance weights) become rows of their own in the leaderboard.
+        for index, variant in enumerate(method.sample_variants()):
+            samples, labels, sample_speed = draw_samples(method, spec, study, variant)
+            scores = fidelity.evaluate_samples(
+                samples, data, study.extractor, settings, spec.seed, device, study.feature_weights
             )
-        save_grid(samples[:64], spec.directory / "samples.png")
+            scores["settings"]["sampler"] = {**method.sample_settings(), **variant}
+            if labels is not None and study.extractor in DOMAIN_EXTRACTORS:
+                scores["sample_acc"] = fidelity.sample_classifier_accuracy(
+                    samples, labels, data, study.extractor
+                )
+            if index == 0:
+                metrics["fidelity"] = scores
+                speed.update(sample_speed)
+                save_grid(samples[:64], spec.directory / "samples.png")
+            else:
+                scores.update(variant=variant, **sample_speed)
+                metrics.setdefault("fidelity_variants", []).append(scores)
     if ENCODE in caps:
         metrics["probe"] = probe.evaluate_probe(
             method,
@@ -352,7 +360,7 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
 
 @torch.no_grad()
 def draw_samples(
-    method: Method, spec: RunSpec, study: Study
+    method: Method, spec: RunSpec, study: Study, variant: dict[str, Any] | None = None
 ) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
     """``fid_samples`` images (capped at the reference size) in batches from a generator
     seeded by the run's seed; the batches after the first are timed for sample throughput.
@@ -371,7 +379,7 @@ def draw_samples(
         tick = time.perf_counter()
         batch_labels = labels[start : start + size] if labels is not None else None
         with autocast(study.device, study.precision):
-            batch = method.sample(size, generator, batch_labels)
+            batch = method.sample(size, generator, batch_labels, **(variant or {}))
         throughput.synchronize(study.device)
         elapsed = time.perf_counter() - tick
         if start == 0:

@@ -44,3 +44,44 @@ def test_sample_classifier_accuracy_is_reported(tmp_path) -> None:
         labels = torch.cat(method.seen_labels[:2])  # the two FID batches (then a FLOP count)
         assert torch.bincount(labels).tolist() == [30] * 10  # class-balanced, 300 samples
     assert scores[True] > 0.95 and scores[False] < 0.05
+
+
+class Denoiser(Method):
+    """A stand-in for a step-count sampler: more steps remove more of the noise."""
+
+    capabilities = frozenset({SAMPLE})
+    trainable = False
+
+    def prepare(self, train_x, train_y, held_out_x) -> None:
+        self.images = train_x
+
+    def sample_variants(self):
+        return [{"steps": 4}, {"steps": 1}, {"steps": 16}]
+
+    def sample(self, n, generator, labels=None, steps: int = 4):
+        real = self.images[torch.randperm(len(self.images), generator=generator)[:n]]
+        noise = torch.rand(real.shape, generator=generator)
+        self.last_nfe = steps
+        return real + (noise - real) / (steps + 1)
+
+
+def test_sampler_variants_are_scored_and_get_rows(tmp_path) -> None:
+    from bench.report import aggregate
+    from bench.results import RunResult
+
+    study = plan_study("smoke", methods=["real-data"], out=tmp_path, device="cpu")
+    method = Denoiser(study.data.spec)
+    method.prepare(study.data.images("train"), None, None)
+    metrics = evaluate(method, study.runs[0], study, None)
+    assert metrics["fidelity"]["settings"]["sampler"] == {"steps": 4}
+    assert metrics["throughput"]["nfe"] == 4
+    variants = {v["variant"]["steps"]: v for v in metrics["fidelity_variants"]}
+    assert sorted(variants) == [1, 16] and variants[16]["nfe"] == 16
+    assert variants[16]["fid"] < metrics["fidelity"]["fid"] < variants[1]["fid"]
+    result = RunResult(
+        "denoiser", "digits", {"name": "smoke", "version": 1}, 0, "ok", metrics, {}, {}
+    )
+    table = aggregate([result]).set_index("method")
+    assert list(table.index) == ["denoiser", "denoiser[steps=1]", "denoiser[steps=16]"]
+    assert table.at["denoiser[steps=16]", "nfe_mean"] == 16
+    assert table.at["denoiser[steps=16]", "fid[digits-cnn]_rank"] == 1
