@@ -91,15 +91,32 @@ def build_parser() -> argparse.ArgumentParser:
     sweep.add_argument(
         "--executor",
         default="pool",
-        choices=["pool", "local"],
+        choices=["pool", "slurm", "local"],
         help="pool: one `genbench train` process per run, --workers at a time; "
+        "slurm: a submitit job array, requeued on preemption; "
         "local: in this process, one after another (= genbench run)",
     )
     sweep.add_argument(
         "--workers",
         type=int,
         default=None,
-        help="concurrent runs (default: one per visible GPU, else 1)",
+        help="concurrent runs (pool default: one per visible GPU, else 1; "
+        "slurm: the array's parallelism)",
+    )
+    sweep.add_argument("--slurm-partition", default=None)
+    sweep.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (slurm)")
+    sweep.add_argument(
+        "--timeout-min",
+        type=int,
+        default=24 * 60,
+        help="per-job time limit (slurm); jobs that hit it are requeued",
+    )
+    sweep.add_argument(
+        "--submitit-cluster",
+        default=None,
+        choices=["slurm", "local", "debug"],
+        help="submitit backend (default: slurm when available); local and "
+        "debug run the same job array on this machine, for testing",
     )
 
     one = commands.add_parser("train", help="one run (method, seed); data-parallel under torchrun")
@@ -299,7 +316,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         train_args += ["--feature-weights", str(args.feature_weights)]
     if args.force:
         train_args.append("--force")
-    codes = run_pool(study, train_args, workers, args.force)
+    if args.executor == "slurm":
+        from bench.executors import run_submitit
+
+        parameters = {
+            "timeout_min": args.timeout_min,
+            "name": "genbench",
+            "slurm_array_parallelism": args.workers or 64,
+        }
+        if args.submitit_cluster in (None, "slurm"):
+            parameters["gpus_per_node"] = args.slurm_gpus
+        if args.slurm_partition:
+            parameters["slurm_partition"] = args.slurm_partition
+        folder = args.out / ".submitit"  # job logs; dot-folders are not protocols
+        codes = run_submitit(
+            study, train_args, args.force, folder, args.submitit_cluster, parameters
+        )
+    else:
+        codes = run_pool(study, train_args, workers, args.force)
     crashed = sorted(name for name, code in codes.items() if code != 0)
     if not args.no_report:
         folder = write_leaderboard(
@@ -337,11 +371,8 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.runs.is_dir():
         raise GenbenchError(f"results folder {args.runs} does not exist")
-    protocols = (
-        [args.protocol]
-        if args.protocol
-        else sorted(p.name for p in args.runs.iterdir() if p.is_dir())
-    )
+    found = sorted(p.name for p in args.runs.iterdir() if p.is_dir() and p.name[0] != ".")
+    protocols = [args.protocol] if args.protocol else found
     written = 0
     for protocol in protocols:
         base = args.runs / protocol

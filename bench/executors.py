@@ -1,4 +1,4 @@
-"""Many runs at once: ``genbench sweep --executor pool``.
+"""Many runs at once: ``genbench sweep --executor pool`` or ``--executor slurm``.
 
 The study is planned (and every input validated) in the parent; each unfinished run then
 becomes one ``genbench train`` process. The pool runs ``--workers`` of them at a time and,
@@ -6,6 +6,10 @@ on a GPU machine, pins each to its own device through ``CUDA_VISIBLE_DEVICES`` (
 workers: one per visible GPU, else 1). Processes keep runs isolated: a crash or an
 out-of-memory in one run cannot take the others down, and a sweep can be restarted at will
 because finished runs are skipped.
+
+``--executor slurm`` submits the same ``genbench train`` calls as one submitit job array.
+Each job is checkpointable: on preemption or timeout submitit requeues it with the same
+arguments and the run resumes from its own checkpoint (``train.checkpoint_every_images``).
 """
 
 from __future__ import annotations
@@ -18,9 +22,11 @@ import sys
 from collections.abc import Sequence
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
+from typing import Any
 
 import torch
 
+from bench.errors import GenbenchError
 from bench.runner import RunSpec, Study, config_hash, is_finished, run_config
 
 log = logging.getLogger(__name__)
@@ -80,3 +86,60 @@ def run_pool(study: Study, train_args: Sequence[str], workers: int, force: bool)
 
     with ThreadPoolExecutor(max_workers=workers) as pool:
         return dict(pool.map(launch, runs))
+
+
+def _train_argv(spec: RunSpec, train_args: Sequence[str]) -> list[str]:
+    return ["train", "--method", spec.method, "--seed", str(spec.seed), *train_args]
+
+
+class TrainJob:
+    """One ``genbench train`` call as a requeue-able submitit job."""
+
+    def __call__(self, argv: list[str]) -> int:
+        from bench.cli import main
+
+        return main(argv)
+
+    def checkpoint(self, argv: list[str]) -> Any:
+        """On preemption/timeout: resubmit the same call; the run resumes from its checkpoint."""
+        import submitit
+
+        return submitit.helpers.DelayedSubmission(self, argv)
+
+
+def run_submitit(
+    study: Study,
+    train_args: Sequence[str],
+    force: bool,
+    folder: Path,
+    cluster: str | None,
+    parameters: dict[str, Any],
+) -> dict[str, int]:
+    """Submit every pending run as one job array; wait and return the exit codes."""
+    try:
+        import submitit
+    except ImportError:
+        raise GenbenchError(
+            "--executor slurm needs submitit: pip install 'genbench[slurm]'"
+        ) from None
+    runs = pending_runs(study, force)
+    if not runs:
+        return {}
+    executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
+    executor.update_parameters(**parameters)
+    jobs = executor.map_array(TrainJob(), [_train_argv(s, train_args) for s in runs])
+    log.info(
+        "submitted %d job(s) to %s: %s",
+        len(jobs),
+        executor.cluster,
+        ", ".join(str(j.job_id) for j in jobs[:5]) + (" ..." if len(jobs) > 5 else ""),
+    )
+    codes = {}
+    for spec, job in zip(runs, jobs, strict=True):
+        name = f"{spec.method}/seed-{spec.seed}"
+        try:
+            codes[name] = int(job.result())
+        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
+            log.error("job %s (%s) failed: %s", job.job_id, name, str(exc).splitlines()[0])
+            codes[name] = 1
+    return codes

@@ -177,3 +177,33 @@ def test_sweep_pool_matches_run(tmp_path: Path) -> None:
         a.metrics.pop("throughput"), b.metrics.pop("throughput")
         assert a.metrics == b.metrics and a.status == b.status == "ok"
     assert (tmp_path / "reports/smoke-digits/leaderboard.md").exists()
+
+
+def test_sweep_slurm_executor_runs_a_submitit_job_array(tmp_path: Path) -> None:
+    """The slurm path end to end through submitit's in-process 'debug' backend."""
+    from bench.results import load_result
+
+    out = tmp_path / "runs"
+    code = main(
+        [
+            "sweep",
+            "--executor",
+            "slurm",
+            "--submitit-cluster",
+            "debug",
+            "--protocol",
+            "smoke",
+            "--methods",
+            "raw-pixels,independent-pixels",
+            "--device",
+            "cpu",
+            "--out",
+            str(out),
+            "--reports",
+            str(tmp_path / "reports"),
+        ]
+    )
+    assert code == 0
+    for method in ("raw-pixels", "independent-pixels"):
+        assert load_result(out / "smoke/digits" / method / "seed-0/result.json").status == "ok"
+    assert (tmp_path / "reports/smoke-digits/leaderboard.md").exists()
