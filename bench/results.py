@@ -18,6 +18,7 @@ import os
 import platform
 import subprocess
 import tempfile
+import time
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -95,7 +96,19 @@ def _jsonable(value: Any) -> Any:
 
 
 def write_result(result: RunResult, directory: Path) -> Path:
+    """Write atomically; a result already there (an earlier configuration, or a forced
+    re-run) is kept under ``history/`` rather than lost."""
     path = directory / RESULT_FILE
+    if path.exists():
+        history = directory / "history"
+        history.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(path.stat().st_mtime))
+        target = history / f"result-{stamp}.json"
+        counter = 1
+        while target.exists():
+            target = history / f"result-{stamp}-{counter}.json"
+            counter += 1
+        os.replace(path, target)
     write_json_atomic(path, _finite(result.to_dict()))
     return path
 

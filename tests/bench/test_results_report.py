@@ -84,6 +84,14 @@ def test_roundtrip_and_atomic_write(tmp_path: Path) -> None:
     assert [p.name for p in tmp_path.iterdir()] == ["result.json"]  # no temp files left
 
 
+def test_replaced_results_are_kept_in_history(tmp_path: Path) -> None:
+    write_result(make_result("a", 0, fid=3.0), tmp_path)
+    write_result(make_result("a", 0, status="failed"), tmp_path)
+    assert load_result(tmp_path / "result.json").status == "failed"
+    kept = list((tmp_path / "history").iterdir())
+    assert len(kept) == 1 and load_result(kept[0]).metrics["fidelity"]["fid"] == 3.0
+
+
 def test_nan_metrics_are_stored_as_null(tmp_path: Path) -> None:
     path = write_result(make_result("a", 0, fid=float("nan")), tmp_path)
     assert load_result(path).metrics["fidelity"]["fid"] is None
