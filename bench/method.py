@@ -98,6 +98,11 @@ class Method(nn.Module):
     ema_decay: ClassVar[float | None] = None
     #: one line for ``genbench list``
     summary: ClassVar[str] = ""
+    #: a sampler row that evaluates another method's trained weights instead of training:
+    #: the name of that method. The harness runs it after that method's run of the same
+    #: study (same protocol, dataset and seed), gives it that run's network hyper-parameters
+    #: and loads its final (EMA) weights; e.g. ``ddim`` reuses ``ddpm``.
+    weights_from: ClassVar[str | None] = None
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()

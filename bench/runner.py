@@ -158,17 +158,66 @@ def plan_study(
     if feature_weights and not Path(feature_weights).exists():
         raise GenbenchError(f"--feature-weights {feature_weights} does not exist")
     runs = []
-    for name in method_names:
+    resolved: dict[str, dict[str, Any]] = {}
+    # methods that reuse another's weights go after every method they could depend on
+    for name in sorted(method_names, key=lambda m: METHODS.get(m).weights_from is not None):
         cls = METHODS.get(name)
         overrides = {**protocol.methods.get(name, {}), **method_sets[name]}
         hparams = cls.resolve_hparams(data.spec, overrides)
         for seed in seeds if seeds is not None else protocol.seeds:
-            runs.append(RunSpec(name, seed, hparams, protocol, out))
+            spec = RunSpec(name, seed, hparams, protocol, out)
+            if cls.weights_from:  # the source's network, whatever it was set to
+                source = resolved.get(cls.weights_from)
+                if source is None:  # not in this study: it must have been run already
+                    source = source_result(spec).config["hparams"]
+                spec.hparams = {**hparams, **{k: v for k, v in source.items() if k in hparams}}
+            runs.append(spec)
+        resolved[name] = hparams
     return Study(protocol, data, runs, extractor, torch_device, precision, feature_weights)
 
 
+def source_spec(spec: RunSpec) -> RunSpec:
+    """The run whose weights a ``weights_from`` method evaluates: same study, same seed."""
+    source = METHODS.get(spec.method).weights_from
+    return RunSpec(source, spec.seed, {}, spec.protocol, spec.out_dir)
+
+
+def source_result(spec: RunSpec) -> RunResult:
+    """The finished result of ``spec``'s weight source, or a clear error."""
+    source = source_spec(spec)
+    path = source.directory / RESULT_FILE
+    hint = (
+        f"{spec.method} evaluates the trained weights of {source.method} from the same study; "
+        f"run {source.method} first (add it to --methods)"
+    )
+    if not path.exists():
+        raise GenbenchError(f"{hint}: no result at {path}")
+    result = load_result(path)
+    if result.status != "ok" or not (source.directory / CHECKPOINT_FILE).exists():
+        raise GenbenchError(f"{hint}: its run at {source.directory} did not finish")
+    return result
+
+
+def load_source_weights(method: Method, spec: RunSpec, device: torch.device) -> None:
+    """Load the final weights (the EMA when the source keeps one) of ``spec``'s source."""
+    state = torch.load(
+        source_spec(spec).directory / CHECKPOINT_FILE, map_location=device, weights_only=False
+    )
+    weights = dict(state["method"]["module"])
+    weights.update(state.get("ema") or {})  # the loop evaluates the EMA: so do we
+    method.load_state_dict(weights)
+
+
 def run_config(spec: RunSpec, study: Study) -> dict[str, Any]:
+    config: dict[str, Any] = {}
+    if METHODS.get(spec.method).weights_from:
+        # a re-trained source makes this run stale: its config hash is part of ours
+        source = source_spec(spec)
+        path = source.directory / RESULT_FILE
+        source_hash = load_result(path).config.get("hash") if path.exists() else None
+        config["weights_from"] = {"method": source.method, "config_hash": source_hash}
     return {
+        **config,
         "protocol": spec.protocol.to_dict(),
         "method": spec.method,
         "hparams": spec.hparams,
@@ -255,6 +304,9 @@ def execute_run(
     try:
         method: Method = METHODS.get(spec.method).build(data.spec, spec.hparams).to(device)
         method.prepare(data.images("train"), data.labels("train"), data.images("test"))
+        if method.weights_from:
+            source_result(spec)
+            load_source_weights(method, spec, device)
         if dist_info.enabled:
             distributed.broadcast_module(method)
             distributed.attach_gradient_averaging(method.optimizers)
