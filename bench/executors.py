@@ -27,6 +27,7 @@ from typing import Any
 import torch
 
 from bench.errors import GenbenchError
+from bench.registry import METHODS
 from bench.runner import RunSpec, Study, config_hash, is_finished, run_config
 
 log = logging.getLogger(__name__)
@@ -40,6 +41,14 @@ def pending_runs(study: Study, force: bool) -> list[RunSpec]:
     if force:
         return list(study.runs)
     return [s for s in study.runs if not is_finished(s, config_hash(run_config(s, study)))]
+
+
+def dependency_waves(runs: list[RunSpec]) -> list[list[RunSpec]]:
+    """Runs that evaluate another method's weights (``Method.weights_from``) wait for a
+    first wave of everything else."""
+    first = [s for s in runs if not METHODS.get(s.method).weights_from]
+    second = [s for s in runs if METHODS.get(s.method).weights_from]
+    return [wave for wave in (first, second) if wave]
 
 
 def run_pool(study: Study, train_args: Sequence[str], workers: int, force: bool) -> dict[str, int]:
@@ -84,8 +93,11 @@ def run_pool(study: Study, train_args: Sequence[str], workers: int, force: bool)
         (log.info if code == 0 else log.error)("end %s: exit %d (log: %s)", name, code, log_path)
         return name, code
 
-    with ThreadPoolExecutor(max_workers=workers) as pool:
-        return dict(pool.map(launch, runs))
+    codes: dict[str, int] = {}
+    for wave in dependency_waves(runs):
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            codes.update(pool.map(launch, wave))
+    return codes
 
 
 def _train_argv(spec: RunSpec, train_args: Sequence[str]) -> list[str]:
@@ -127,19 +139,23 @@ def run_submitit(
         return {}
     executor = submitit.AutoExecutor(folder=str(folder), cluster=cluster)
     executor.update_parameters(**parameters)
-    jobs = executor.map_array(TrainJob(), [_train_argv(s, train_args) for s in runs])
-    log.info(
-        "submitted %d job(s) to %s: %s",
-        len(jobs),
-        executor.cluster,
-        ", ".join(str(j.job_id) for j in jobs[:5]) + (" ..." if len(jobs) > 5 else ""),
-    )
     codes = {}
-    for spec, job in zip(runs, jobs, strict=True):
-        name = f"{spec.method}/seed-{spec.seed}"
-        try:
-            codes[name] = int(job.result())
-        except (submitit.core.utils.FailedJobError, submitit.core.utils.UncompletedJobError) as exc:
-            log.error("job %s (%s) failed: %s", job.job_id, name, str(exc).splitlines()[0])
-            codes[name] = 1
+    for wave in dependency_waves(runs):  # one job array per wave
+        jobs = executor.map_array(TrainJob(), [_train_argv(s, train_args) for s in wave])
+        log.info(
+            "submitted %d job(s) to %s: %s",
+            len(jobs),
+            executor.cluster,
+            ", ".join(str(j.job_id) for j in jobs[:5]) + (" ..." if len(jobs) > 5 else ""),
+        )
+        for spec, job in zip(wave, jobs, strict=True):
+            name = f"{spec.method}/seed-{spec.seed}"
+            try:
+                codes[name] = int(job.result())
+            except (
+                submitit.core.utils.FailedJobError,
+                submitit.core.utils.UncompletedJobError,
+            ) as exc:
+                log.error("job %s (%s) failed: %s", job.job_id, name, str(exc).splitlines()[0])
+                codes[name] = 1
     return codes
