@@ -14,6 +14,7 @@ import torch
 from torch import Tensor
 
 from baselines.common.unet import UNet, unet_hparams
+from bench.errors import GenbenchError
 from bench.method import Batch, DataSpec, Method, from_levels, to_levels
 from bench.metrics.likelihood import dequantize
 
@@ -122,7 +123,7 @@ def respaced_timesteps(num_timesteps: int, steps: int) -> Tensor:
     """``steps`` evenly spaced timesteps of 0..T-1, descending, ending at 0 (DDIM's
     "uniform" skip, Song et al. 2021, appendix D.2; Nichol & Dhariwal 2021, section 4)."""
     if steps < 1 or steps > num_timesteps:
-        raise ValueError(f"steps must be in 1..{num_timesteps}, got {steps}")
+        raise GenbenchError(f"steps must be in 1..{num_timesteps}, got {steps}")
     stride = num_timesteps // steps
     return torch.arange(0, stride * steps, stride).flip(0)
 

@@ -29,7 +29,7 @@ from bench.method import SAMPLE, DataSpec
 from bench.registry import register_method
 
 #: the step counts of Table 1 that get a row each; the first is the ``ddim`` row itself
-DDIM_STEP_COUNTS = (50, 10, 20, 100)
+DDIM_STEP_COUNTS = [50, 10, 20, 100]
 
 
 def ddim_sample(
@@ -73,15 +73,18 @@ class DDIM(DDPM):
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
-        return {**DDPM.default_hparams(spec), "eta": 0.0, "steps": DDIM_STEP_COUNTS[0]}
+        # ``steps``: the step counts to report, each a row; the first is the ddim row
+        return {**DDPM.default_hparams(spec), "eta": 0.0, "steps": list(DDIM_STEP_COUNTS)}
 
-    def __init__(self, spec: DataSpec, eta: float = 0.0, steps: int = 50, **ddpm: Any) -> None:
+    def __init__(
+        self, spec: DataSpec, eta: float = 0.0, steps: list[int] | None = None, **ddpm: Any
+    ) -> None:
         super().__init__(spec, **ddpm)
-        self.eta, self.steps = eta, steps
+        self.eta, self.step_counts = eta, list(steps or DDIM_STEP_COUNTS)
+        self.steps = self.step_counts[0]
 
     def sample_variants(self) -> list[dict[str, Any]]:
-        others = [s for s in DDIM_STEP_COUNTS if s != self.steps]
-        return [{"steps": self.steps}, *({"steps": s} for s in others)]
+        return [{"steps": count} for count in self.step_counts]
 
     @torch.no_grad()
     def sample(

@@ -38,6 +38,7 @@ from baselines.diffusion.common import (
     linear_betas,
     respaced_timesteps,
 )
+from bench.errors import GenbenchError
 from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, DataSpec, to_levels
 from bench.registry import register_method
 
@@ -157,7 +158,7 @@ class DDPM(DenoiserMethod):
     ) -> None:
         super().__init__(spec, **denoiser)
         if variance not in ("large", "small"):
-            raise ValueError(f"variance must be 'large' or 'small', got {variance!r}")
+            raise GenbenchError(f"variance must be 'large' or 'small', got {variance!r}")
         self.diffusion = DiscreteDiffusion(num_timesteps, beta_1, beta_T)
         self.variance = variance
         self.sample_steps = sample_steps

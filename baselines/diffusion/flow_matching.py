@@ -36,12 +36,21 @@ from baselines.diffusion.common import (
     ode_log_likelihood,
     standard_normal_log_density,
 )
+from bench.errors import GenbenchError
 from bench.method import LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec
 from bench.metrics.likelihood import dequantized_log_likelihood
 from bench.registry import register_method
 
-#: (sampler, steps) of the rows: the first is the method's own row
-SAMPLER_ROWS = (("heun", 20), ("euler", 10), ("euler", 50), ("heun", 5))
+#: "sampler:steps" of the rows: the first is the method's own row
+SAMPLER_ROWS = ["heun:20", "euler:10", "euler:50", "heun:5"]
+
+
+def parse_sampler_row(row: str) -> tuple[str, int]:
+    """ "heun:20" -> ("heun", 20), with a clear error for anything else."""
+    sampler, _, steps = row.partition(":")
+    if sampler not in ("euler", "heun") or not steps.isdigit() or int(steps) < 1:
+        raise GenbenchError(f"sampler rows are 'euler:N' or 'heun:N', got {row!r}")
+    return sampler, int(steps)
 
 
 def ode_sample(velocity: Any, x: Tensor, steps: int, method: str = "euler") -> tuple[Tensor, int]:
@@ -75,8 +84,7 @@ class FlowMatching(DequantizedDenoiser):
         cpu_scale = spec.scale in ("8x8", "28x28")
         return {
             **denoiser_hparams(spec),
-            "sampler": SAMPLER_ROWS[0][0],
-            "sample_steps": SAMPLER_ROWS[0][1],
+            "samplers": list(SAMPLER_ROWS),  # each "sampler:steps" a row; the first is ours
             "ode_rtol": 1e-3 if cpu_scale else 1e-5,
             "ode_atol": 1e-3 if cpu_scale else 1e-5,
             "likelihood_probes": 1,
@@ -88,8 +96,7 @@ class FlowMatching(DequantizedDenoiser):
     def __init__(
         self,
         spec: DataSpec,
-        sampler: str = "heun",
-        sample_steps: int = 20,
+        samplers: list[str] | None = None,
         ode_rtol: float = 1e-5,
         ode_atol: float = 1e-5,
         likelihood_probes: int = 1,
@@ -99,9 +106,8 @@ class FlowMatching(DequantizedDenoiser):
         **denoiser: Any,
     ) -> None:
         super().__init__(spec, **denoiser)
-        if sampler not in ("euler", "heun"):
-            raise ValueError(f"sampler must be 'euler' or 'heun', got {sampler!r}")
-        self.sampler, self.sample_steps = sampler, sample_steps
+        self.sampler_rows = [parse_sampler_row(row) for row in samplers or SAMPLER_ROWS]
+        self.sampler, self.sample_steps = self.sampler_rows[0]
         self.ode_rtol, self.ode_atol, self.likelihood_probes = ode_rtol, ode_atol, likelihood_probes
         self.reflow_after, self.reflow_pairs, self.reflow_steps = (
             reflow_after,
@@ -166,9 +172,7 @@ class FlowMatching(DequantizedDenoiser):
 
     # -- sampling ---------------------------------------------------------------------------
     def sample_variants(self) -> list[dict[str, Any]]:
-        own = (self.sampler, self.sample_steps)
-        rows = [own, *(row for row in SAMPLER_ROWS if row != own)]
-        return [{"sampler": s, "steps": n} for s, n in rows]
+        return [{"sampler": s, "steps": n} for s, n in self.sampler_rows]
 
     @torch.no_grad()
     def sample(

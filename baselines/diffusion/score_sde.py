@@ -41,6 +41,7 @@ from baselines.diffusion.common import (
     odeint_dopri5,
     standard_normal_log_density,
 )
+from bench.errors import GenbenchError
 from bench.method import LOG_LIKELIHOOD, SAMPLE, DataSpec
 from bench.metrics.likelihood import dequantized_log_likelihood
 from bench.registry import register_method
@@ -164,9 +165,9 @@ class ScoreSDE(DequantizedDenoiser):
     ) -> None:
         super().__init__(spec, **denoiser)
         if sde not in ("vp", "ve"):
-            raise ValueError(f"sde must be 'vp' or 've', got {sde!r}")
+            raise GenbenchError(f"sde must be 'vp' or 've', got {sde!r}")
         if sampler not in SAMPLERS:
-            raise ValueError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
+            raise GenbenchError(f"sampler must be one of {', '.join(SAMPLERS)}, got {sampler!r}")
         self.sde_name = sde
         self.sde: VPSDE | VESDE = (
             VPSDE(beta_min, beta_max) if sde == "vp" else VESDE(sigma_min, sigma_max)
@@ -224,6 +225,11 @@ class ScoreSDE(DequantizedDenoiser):
         def noise() -> Tensor:
             return torch.randn(shape, generator=generator, device=generator.device).to(self.device)
 
+        if isinstance(self.sde, VPSDE) and self.sde.beta_max / steps >= 1.0:
+            raise GenbenchError(  # the discretised beta_i = beta(t) / N must stay below 1
+                f"score-sde (vp) needs more than beta_max = {self.sde.beta_max:g} sampler "
+                f"steps, got {steps}"
+            )
         times = torch.linspace(1.0, self.train_eps, steps, device=self.device).tolist()
         dt = (1.0 - self.train_eps) / steps
         nfe = 0

@@ -298,8 +298,8 @@ class CountingNet(nn.Module):
         ("ddim", {"steps": 10}),
         ("edm", {"steps": 5}),
         ("flow-matching", {"sampler": "heun", "steps": 4}),
-        ("score-sde", {"sampler": "pc", "steps": 6}),
-        ("score-sde", {"sampler": "euler-maruyama", "steps": 6}),
+        ("score-sde", {"sampler": "pc", "steps": 25}),
+        ("score-sde", {"sampler": "euler-maruyama", "steps": 25}),
     ],
 )
 def test_samplers_make_one_batched_network_call_per_function_evaluation(name, variant) -> None:
