@@ -1,9 +1,10 @@
 """pytest-benchmark timings of the shared U-Net (`tox -e bench`).
 
 ``test_unet_train_step``: one training step of ddpm (the method's own ``train_step``:
-warm-up, gradient clipping, foreach Adam, fused attention) against a plain eager step of
-the same network (naive softmax attention, per-parameter Adam, nothing else), on a digits
-batch. Compare the two rows of the group: the method's step must not fall behind.
+fused attention, foreach Adam and gradient clipping) against a plain eager step of the same
+network and the same computation written the obvious way (naive softmax attention,
+per-parameter Adam and clipping loops), on a digits batch. Compare the two rows of the
+group: the method's step must not fall behind.
 ``test_sampler``: ddim at 50 steps and ddpm's ancestral chain, per batch of 100 images.
 """
 
@@ -45,7 +46,7 @@ def test_unet_train_step(benchmark, digits_batch: Batch, implementation: str, mo
         return
     monkeypatch.setattr(Attention, "forward", _naive_attention)
     net = method.net
-    optimizer = torch.optim.Adam(net.parameters(), lr=2e-4, foreach=False)
+    optimizer = torch.optim.Adam(net.parameters(), lr=method.lr, foreach=False)
 
     def plain_step() -> None:
         x = digits_batch.x * 2 - 1
@@ -54,6 +55,7 @@ def test_unet_train_step(benchmark, digits_batch: Batch, implementation: str, mo
         loss = F.mse_loss(net(method.diffusion.q_sample(x, t, noise), t.float()), noise)
         optimizer.zero_grad()
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(net.parameters(), method.grad_clip, foreach=False)
         optimizer.step()
 
     benchmark(plain_step)
