@@ -17,7 +17,8 @@ Modeling through Stochastic Differential Equations", ICLR 2021.
   (noise removal, appendix G).
 - Exact likelihood through the probability-flow ODE (appendix D.2, eq. 39) with the
   Hutchinson-Skilling trace estimator (Rademacher probes, fixed along the path; the number
-  of probes and the tolerances are recorded), on uniformly dequantized data.
+  of probes and the tolerances are recorded), on uniformly dequantized data: exact for the
+  continuous density, a lower bound on the discrete levels' likelihood (labelled so).
 
 Deliberate departures. The model is trained on uniformly dequantized data (the ScoreFlow
 practice, Song et al. 2021b) rather than on the grid: with 17 levels a density trained on
@@ -123,6 +124,9 @@ class ScoreSDE(DequantizedDenoiser):
     probability-flow likelihood."""
 
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
+    # the ODE density is exact, but with uniform dequantization it bounds log P(levels)
+    # from below (Theis et al. 2016), like the flows': labelled a bound
+    likelihood_is_bound = True
     summary = "score SDE (Song et al. 2021): VP/VE, PC + EM + probability-flow ODE, ODE bits/dim"
 
     @classmethod
