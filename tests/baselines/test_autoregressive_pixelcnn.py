@@ -17,19 +17,22 @@ from bench.method import DataSpec, from_levels
 from bench.registry import METHODS
 
 
-def influence(network: nn.Module, shape: tuple[int, int, int], per_channel: int) -> torch.Tensor:
-    """(C_out_groups * H * W, C * H * W) boolean: does input dimension q reach the output at
-    pixel p (output channel group c: channels j with j % per_channel == c)? By gradients in
-    float64 on a random input, where only structural zeros are exact zeros."""
+def influence(
+    network: nn.Module, shape: tuple[int, int, int], per_channel: int, groups: int | None = None
+) -> torch.Tensor:
+    """(groups * H * W, C * H * W) boolean: does input dimension q reach the output at pixel
+    p of output channel group c (channels j with j % per_channel == c, c < groups)? By gradients in
+    float64, where only structural zeros are exact zeros; the union over a batch of random
+    inputs, so that a ReLU that happens to be off for one input hides nothing."""
     channels, height, width = shape
-    x = torch.randn(1, *shape, dtype=torch.float64, requires_grad=True)
-    out = network(x)  # (1, K, H, W)
+    x = torch.randn(8, *shape, dtype=torch.float64, requires_grad=True)
+    out = network(x)  # (8, K, H, W); images of the batch are independent
     rows = []
-    for group in range(per_channel):
+    for group in range(groups or per_channel):
         for p in range(height * width):
             i, j = divmod(p, width)
-            grad = torch.autograd.grad(out[0, group::per_channel, i, j].sum(), x, retain_graph=True)
-            rows.append(grad[0].flatten() != 0)
+            grad = torch.autograd.grad(out[:, group::per_channel, i, j].sum(), x, retain_graph=True)
+            rows.append((grad[0] != 0).flatten(1).any(0))
     return torch.stack(rows)
 
 
@@ -87,7 +90,7 @@ def test_the_check_finds_the_blind_spot_of_a_plain_masked_stack() -> None:
     """Eight masked 3x3 layers reach 8 rows up and 8 columns to each side, yet miss the pixels
     up and to the right of the growing blind spot; the same check must flag them (and no
     leak)."""
-    reached = influence(plain_pixelcnn(layers=8), (1, 8, 8), per_channel=16)[: 8 * 8]
+    reached = influence(plain_pixelcnn(layers=8), (1, 8, 8), per_channel=16, groups=1)
     leaks, blind = leaks_and_blind_spots(reached, causal_past(1, 8, 8, False))
     assert leaks == 0
     assert blind > 0
@@ -97,7 +100,7 @@ def test_the_check_finds_the_blind_spot_of_a_plain_masked_stack() -> None:
 
 def test_channel_masks_order_red_green_blue_within_a_pixel() -> None:
     spec = DataSpec("rgb", 3, 4, 4, 5, 10)
-    network = gated_network(spec, width=12)
+    network = gated_network(spec, width=48)  # 16 units per channel group
     # output channel j = level * C + c belongs to channel group c = j % C
     reached = influence(network, spec.shape, per_channel=3)
     assert leaks_and_blind_spots(reached, causal_past(3, 4, 4, True)) == (0, 0)
@@ -133,3 +136,28 @@ def test_rgb_probabilities_sum_to_one_and_samples_follow_them(output: str) -> No
     empirical = torch.bincount(index, minlength=27).float() / len(index)
     assert 0.5 * float((empirical - probs).abs().sum()) < 0.02
     assert method.last_nfe == (3 if output == "categorical" else 1)
+
+
+@pytest.mark.parametrize("output", ["categorical", "logistic_mixture"])
+def test_sampler_is_batched_one_network_evaluation_per_position(output: str) -> None:
+    """The whole batch at once: the horizontal stack once per pixel (and channel), the
+    vertical stack once per row (that the draws follow the model is tested above)."""
+    spec = DataSpec("rgb", 3, 4, 4, 5, 10)
+    torch.manual_seed(0)
+    method = METHODS.get("pixelcnn").build(spec, {"width": 12, "output": output}).eval()
+    network = method.network
+    calls = {"vertical_pass": [], "horizontal_pass": []}
+    for name in calls:
+        inner = getattr(network, name)
+
+        def counted(*args, inner=inner, name=name):
+            calls[name].append(len(args[0]))
+            return inner(*args)
+
+        setattr(network, name, counted)
+    samples = method.sample(6, torch.Generator().manual_seed(0))
+    per_pixel = 3 if output == "categorical" else 1
+    assert len(calls["horizontal_pass"]) == 16 * per_pixel == method.last_nfe
+    assert len(calls["vertical_pass"]) == 4
+    assert set(calls["vertical_pass"]) | set(calls["horizontal_pass"]) == {6}
+    assert samples.shape == (6, 3, 4, 4)
