@@ -264,6 +264,8 @@ class ScoreSDE(DequantizedDenoiser):
         alpha = 1.0
         if isinstance(self.sde, VPSDE):  # alpha_i = 1 - beta_i of the discretisation
             alpha = 1.0 - float(self.sde.beta(t[:1]) / self.sample_steps)
+        if grad_norm == 0:  # a zero score (an untrained network) carries no information
+            return x
         step = 2.0 * alpha * (self.snr * noise_norm / grad_norm) ** 2
         return x + step * score + (2.0 * step).sqrt() * z
 
