@@ -16,7 +16,7 @@ from torch import Tensor
 from baselines.common.unet import UNet, unet_hparams
 from bench.errors import GenbenchError
 from bench.method import Batch, DataSpec, Method, from_levels, to_levels
-from bench.metrics.likelihood import dequantize
+from bench.metrics.likelihood import dequantize, dequantized_log_likelihood
 
 #: one weight update per training step; the schedule is linear warm-up then constant
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
@@ -103,6 +103,47 @@ class DequantizedDenoiser(DenoiserMethod):
         # (B, C, H, W) levels -> y = 2 (k + u) / L - 1: the base class's scaling is replaced
         batch = Batch((self.dequantized(batch.x) + 1.0) / 2.0, batch.y)
         return super().train_step(batch, step)
+
+    #: set by subclasses: Hutchinson probes and the ODE solver's tolerances
+    likelihood_probes: int = 1
+    ode_rtol: float = 1e-5
+    ode_atol: float = 1e-5
+
+    def ode_bits_log_likelihood(
+        self,
+        x: Tensor,
+        velocity: Callable[[float, Tensor], Tensor],
+        t_data: float,
+        t_prior: float,
+        prior_log_density: Callable[[Tensor], Tensor],
+    ) -> Tensor:
+        """log P(levels) >= log p_ODE(y) - D log(L / 2) with y uniformly dequantized in
+        [-1, 1) (one fixed noise pass, so the estimate is deterministic)."""
+        generator = torch.Generator(device=x.device).manual_seed(0)
+        y = self.dequantized(x, generator)
+        log_density, self.likelihood_nfe = ode_log_likelihood(
+            velocity,
+            y,
+            t_data,
+            t_prior,
+            prior_log_density,
+            generator,
+            self.likelihood_probes,
+            self.ode_rtol,
+            self.ode_atol,
+        )
+        return dequantized_log_likelihood(log_density, self.spec.dims, self.spec.num_levels, True)
+
+    def likelihood_settings(self) -> dict[str, Any]:
+        return {
+            "estimator": "ODE, Hutchinson trace (Rademacher)",
+            "probes": self.likelihood_probes,
+            "ode_solver": "dopri5",
+            "ode_rtol": self.ode_rtol,
+            "ode_atol": self.ode_atol,
+            "dequantization": "uniform, 1 pass",
+            "last_batch_nfe": getattr(self, "likelihood_nfe", None),
+        }
 
     def to_images(self, x: Tensor) -> Tensor:
         """y in [-1, 1) -> level floor((y + 1) L / 2): the dequantization cell y lies in."""

@@ -33,12 +33,10 @@ from torch import Tensor
 from baselines.diffusion.common import (
     DequantizedDenoiser,
     denoiser_hparams,
-    ode_log_likelihood,
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
 from bench.method import LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec
-from bench.metrics.likelihood import dequantized_log_likelihood
 from bench.registry import register_method
 
 #: "sampler:steps" of the rows: the first is the method's own row
@@ -202,32 +200,7 @@ class FlowMatching(DequantizedDenoiser):
     # -- likelihood -------------------------------------------------------------------------
     def log_likelihood(self, x: Tensor) -> Tensor:
         """log P(levels) >= log p_1(y) - D log(L / 2), y uniformly dequantized in [-1, 1)."""
-        generator = torch.Generator(device=x.device).manual_seed(0)
-        y = self.dequantized(x, generator)
-        log_density, nfe = ode_log_likelihood(
-            self.velocity,
-            y,
-            1.0,
-            0.0,
-            standard_normal_log_density,
-            generator,
-            self.likelihood_probes,
-            self.ode_rtol,
-            self.ode_atol,
-        )
-        self.likelihood_nfe = nfe
-        return dequantized_log_likelihood(log_density, self.spec.dims, self.spec.num_levels, True)
-
-    def likelihood_settings(self) -> dict[str, Any]:
-        return {
-            "estimator": "ODE, Hutchinson trace (Rademacher)",
-            "probes": self.likelihood_probes,
-            "ode_solver": "dopri5",
-            "ode_rtol": self.ode_rtol,
-            "ode_atol": self.ode_atol,
-            "dequantization": "uniform, 1 pass",
-            "last_batch_nfe": getattr(self, "likelihood_nfe", None),
-        }
+        return self.ode_bits_log_likelihood(x, self.velocity, 1.0, 0.0, standard_normal_log_density)
 
     def flops_forward(self, x: Tensor) -> None:
         self.velocity(0.5, self.scale(x))

@@ -38,13 +38,11 @@ from torch import Tensor
 from baselines.diffusion.common import (
     DequantizedDenoiser,
     denoiser_hparams,
-    ode_log_likelihood,
     odeint_dopri5,
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
 from bench.method import LOG_LIKELIHOOD, SAMPLE, DataSpec
-from bench.metrics.likelihood import dequantized_log_likelihood
 from bench.registry import register_method
 
 SAMPLERS = ("pc", "euler-maruyama", "ode")
@@ -282,33 +280,12 @@ class ScoreSDE(DequantizedDenoiser):
     # -- likelihood -------------------------------------------------------------------------
     def log_likelihood(self, x: Tensor) -> Tensor:
         """log P(levels) >= log p_ODE(y) - D log(L / 2), y uniformly dequantized in [-1, 1)."""
-        generator = torch.Generator(device=x.device).manual_seed(0)
-        y = self.dequantized(x, generator)
-        log_density, nfe = ode_log_likelihood(
-            self.ode_velocity,
-            y,
-            self.train_eps,
-            1.0,
-            self.sde.prior_log_density,
-            generator,
-            self.likelihood_probes,
-            self.ode_rtol,
-            self.ode_atol,
+        return self.ode_bits_log_likelihood(
+            x, self.ode_velocity, self.train_eps, 1.0, self.sde.prior_log_density
         )
-        self.likelihood_nfe = nfe
-        return dequantized_log_likelihood(log_density, self.spec.dims, self.spec.num_levels, True)
 
     def likelihood_settings(self) -> dict[str, Any]:
-        return {
-            "estimator": "probability-flow ODE, Hutchinson trace (Rademacher)",
-            "probes": self.likelihood_probes,
-            "ode_solver": "dopri5",
-            "ode_rtol": self.ode_rtol,
-            "ode_atol": self.ode_atol,
-            "t_start": self.train_eps,
-            "dequantization": "uniform, 1 pass",
-            "last_batch_nfe": getattr(self, "likelihood_nfe", None),
-        }
+        return {**super().likelihood_settings(), "t_start": self.train_eps}
 
     def flops_forward(self, x: Tensor) -> None:
         self.net(self.scale(x), torch.zeros(x.shape[0], device=x.device))
