@@ -15,7 +15,7 @@ from torch import Tensor
 
 from baselines.common.unet import UNet, unet_hparams
 from bench.errors import GenbenchError
-from bench.method import Batch, DataSpec, Method, from_levels, to_levels
+from bench.method import LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec, Method, from_levels, to_levels
 from bench.metrics.likelihood import dequantize, dequantized_log_likelihood
 
 #: one weight update per training step; the schedule is linear warm-up then constant
@@ -104,6 +104,10 @@ class DequantizedDenoiser(DenoiserMethod):
         batch = Batch((self.dequantized(batch.x) + 1.0) / 2.0, batch.y)
         return super().train_step(batch, step)
 
+    capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
+    # the ODE density is exact, but with uniform dequantization it bounds log P(levels)
+    # from below (Theis et al. 2016), like the flows': labelled a bound
+    likelihood_is_bound = True
     #: set by subclasses: Hutchinson probes and the ODE solver's tolerances
     likelihood_probes: int = 1
     ode_rtol: float = 1e-5

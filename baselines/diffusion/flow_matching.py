@@ -36,7 +36,7 @@ from baselines.diffusion.common import (
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
-from bench.method import LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 #: "sampler:steps" of the rows: the first is the method's own row
@@ -74,10 +74,6 @@ class FlowMatching(DequantizedDenoiser):
     """Velocity regression on the linear noise-to-data path; Euler / Heun samplers; ODE
     likelihood; optional reflow."""
 
-    capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
-    # the ODE density is exact, but with uniform dequantization it bounds log P(levels)
-    # from below (Theis et al. 2016), like the flows': labelled a bound
-    likelihood_is_bound = True
     summary = "flow matching / rectified flow (Lipman, Liu et al. 2023): linear path, ODE bits/dim"
 
     @classmethod

@@ -42,7 +42,7 @@ from baselines.diffusion.common import (
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
-from bench.method import LOG_LIKELIHOOD, SAMPLE, DataSpec
+from bench.method import DataSpec
 from bench.registry import register_method
 
 SAMPLERS = ("pc", "euler-maruyama", "ode")
@@ -121,10 +121,6 @@ class ScoreSDE(DequantizedDenoiser):
     """Continuous-time score model (VP or VE SDE) with PC / EM / ODE samplers and the exact
     probability-flow likelihood."""
 
-    capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
-    # the ODE density is exact, but with uniform dequantization it bounds log P(levels)
-    # from below (Theis et al. 2016), like the flows': labelled a bound
-    likelihood_is_bound = True
     summary = "score SDE (Song et al. 2021): VP/VE, PC + EM + probability-flow ODE, ODE bits/dim"
 
     @classmethod
