@@ -68,6 +68,11 @@ class DenoiserMethod(Method):
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
         self.add_optimizer("adam", torch.optim.Adam(self.net.parameters(), lr=lr, foreach=True))
 
+    def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
+        """N(0, I) from the caller's generator (so sampling is a function of it), on our
+        device."""
+        return torch.randn(shape, generator=generator, device=generator.device).to(self.device)
+
     def scale(self, x: Tensor) -> Tensor:
         """Images in [0, 1] -> network data in [-1, 1]."""
         return x * 2.0 - 1.0

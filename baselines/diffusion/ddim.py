@@ -95,11 +95,11 @@ class DDIM(DDPM):
         steps: int | None = None,
     ) -> Tensor:
         steps = steps or self.steps
-        x_T = torch.randn((n, *self.spec.shape), generator=generator, device=generator.device)
+        x_T = self.noise((n, *self.spec.shape), generator)
         x = ddim_sample(
             lambda x_t, t: self.eps(x_t, t),
             self.diffusion,
-            x_T.to(self.device),
+            x_T,
             steps,
             self.eta,
             generator,

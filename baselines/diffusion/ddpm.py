@@ -190,20 +190,17 @@ class DDPM(DenoiserMethod):
             log_var = torch.cat([chain["beta"][:-1].log(), chain["log_beta_tilde_clipped"][-1:]])
         else:
             log_var = chain["log_beta_tilde_clipped"]
-        x = self._noise((n, *self.spec.shape), generator)  # x_T ~ N(0, I)
+        x = self.noise((n, *self.spec.shape), generator)  # x_T ~ N(0, I)
         for i, t in enumerate(timesteps.tolist()):
             t_batch = torch.full((n,), t, device=self.device, dtype=torch.long)
             x0 = self.diffusion.predict_x0(x, t_batch, self.eps(x, t_batch, labels)).clamp(-1, 1)
             mean = chain["coef_x0"][i] * x0 + chain["coef_xt"][i] * x  # mu~_t (eq. 7)
             if i < len(timesteps) - 1:  # no noise on the last step (z = 0 at t = 1)
-                x = mean + (0.5 * log_var[i]).exp() * self._noise(x.shape, generator)
+                x = mean + (0.5 * log_var[i]).exp() * self.noise(x.shape, generator)
             else:
                 x = mean
         self.last_nfe = len(timesteps)
         return self.to_images(x)
-
-    def _noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
-        return torch.randn(shape, generator=generator, device=generator.device).to(self.device)
 
     def sample_settings(self) -> dict[str, Any]:
         steps = self.sample_steps
@@ -249,7 +246,7 @@ class DDPM(DenoiserMethod):
         """x_t ~ q(x_t | x_0); the posterior mean and log-variance of x_{t-1}; the model's."""
         n = x0.shape[0]
         t_batch = torch.full((n,), t, device=x0.device, dtype=torch.long)
-        noise = self._noise(x0.shape, generator)
+        noise = self.noise(x0.shape, generator)
         x_t = self.diffusion.q_sample(x0, t_batch, noise)
         step = torch.tensor([t, t - 1]) if t > 0 else torch.tensor([0])
         chain = {k: v[0].float() for k, v in self.diffusion.chain(step).items()}

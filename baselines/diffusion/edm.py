@@ -132,7 +132,7 @@ class EDM(DenoiserMethod):
         shape, device = (n, *self.spec.shape), self.device
 
         def noise() -> Tensor:
-            return torch.randn(shape, generator=generator, device=generator.device).to(device)
+            return self.noise(shape, generator)
 
         def d(x: Tensor, t: float) -> Tensor:  # dx/dt = (x - D(x; t)) / t (eq. 4, sigma = t)
             return (x - self.denoise(x, torch.full((n,), t, device=device))) / t

@@ -180,9 +180,9 @@ class FlowMatching(DequantizedDenoiser):
         sampler: str | None = None,
         steps: int | None = None,
     ) -> Tensor:
-        x0 = torch.randn((n, *self.spec.shape), generator=generator, device=generator.device)
+        x0 = self.noise((n, *self.spec.shape), generator)
         x1, self.last_nfe = ode_sample(
-            self.velocity, x0.to(self.device), steps or self.sample_steps, sampler or self.sampler
+            self.velocity, x0, steps or self.sample_steps, sampler or self.sampler
         )
         return self.to_images(x1)
 

@@ -157,8 +157,7 @@ class Guidance(DenoiserMethod):
         guidance_weight: float | None = None,
         classifier_scale: float | None = None,
     ) -> Tensor:
-        x_T = torch.randn((n, *self.spec.shape), generator=generator, device=generator.device)
-        x_T = x_T.to(self.device)
+        x_T = self.noise((n, *self.spec.shape), generator)
         if labels is None:  # no labels asked for: the unconditional model
             null = torch.full((n,), self.spec.num_classes, device=self.device, dtype=torch.long)
             eps_fn = lambda x, t: self.net(x, t.float(), null)  # noqa: E731

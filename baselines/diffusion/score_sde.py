@@ -221,7 +221,7 @@ class ScoreSDE(DequantizedDenoiser):
             return self.to_images(x)
 
         def noise() -> Tensor:
-            return torch.randn(shape, generator=generator, device=generator.device).to(self.device)
+            return self.noise(shape, generator)
 
         if isinstance(self.sde, VPSDE) and self.sde.beta_max / steps >= 1.0:
             raise GenbenchError(  # the discretised beta_i = beta(t) / N must stay below 1
