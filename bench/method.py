@@ -98,6 +98,8 @@ class Method(nn.Module):
     ema_decay: ClassVar[float | None] = None
     #: one line for ``genbench list``
     summary: ClassVar[str] = ""
+    #: string-valued hyper-parameters and their valid values, checked before any run starts
+    hparam_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: a sampler row that evaluates another method's trained weights instead of training:
     #: the name of that method. The harness runs it after that method's run of the same
     #: study (same protocol, dataset and seed), gives it that run's network hyper-parameters
@@ -133,6 +135,11 @@ class Method(nn.Module):
         for key, value in overrides.items():
             default = hparams[key]
             hparams[key] = _coerce(cls.name, key, value, default)
+        for key, choices in cls.hparam_choices.items():
+            if hparams[key] not in choices:
+                raise GenbenchError(
+                    f"bad value {hparams[key]!r} for {cls.name}.{key}. Valid: {', '.join(choices)}"
+                )
         return hparams
 
     # -- data-dependent set-up ------------------------------------------------------------

@@ -130,6 +130,7 @@ class DDPM(DenoiserMethod):
 
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD, ENCODE})
     likelihood_is_bound = True
+    hparam_choices = {"variance": ("large", "small")}
     summary = "DDPM (Ho et al. 2020): eps-prediction, L_simple, ancestral sampler, VLB bound"
 
     @classmethod

@@ -121,6 +121,7 @@ class ScoreSDE(DequantizedDenoiser):
     """Continuous-time score model (VP or VE SDE) with PC / EM / ODE samplers and the exact
     probability-flow likelihood."""
 
+    hparam_choices = {"sde": ("vp", "ve"), "sampler": SAMPLERS}
     summary = "score SDE (Song et al. 2021): VP/VE, PC + EM + probability-flow ODE, ODE bits/dim"
 
     @classmethod

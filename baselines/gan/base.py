@@ -76,22 +76,10 @@ class GANMethod(Method):
     capabilities = frozenset({SAMPLE, ENCODE})
     #: the critic's normalisation layer (see baselines.common.dcgan.Critic)
     critic_normalisation: ClassVar[str] = "batch"
-    #: string-valued hyper-parameters and their valid values, checked before any run starts
-    hparam_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return dict(NETWORK_SIZES.get(spec.scale, NETWORK_SIZES["32x32"]))
-
-    @classmethod
-    def resolve_hparams(cls, spec: DataSpec, overrides: dict[str, Any]) -> dict[str, Any]:
-        hparams = super().resolve_hparams(spec, overrides)
-        for key, valid in cls.hparam_choices.items():
-            if hparams[key] not in valid:
-                raise GenbenchError(
-                    f"bad value {hparams[key]!r} for {cls.name}.{key}. Valid: {', '.join(valid)}"
-                )
-        return hparams
 
     def __init__(self, spec: DataSpec, **hparams: Any) -> None:
         """``hparams``: exactly the keys of ``default_hparams``: the shared network sizes,

@@ -349,3 +349,14 @@ def test_samplers_make_one_batched_network_call_per_function_evaluation(name, va
     samples = method.sample(12, torch.Generator().manual_seed(0), **variant)
     assert samples.shape == (12, 1, 8, 8)
     assert method.net.batch_sizes == [12] * method.last_nfe
+
+
+def test_bad_sampler_settings_are_rejected_before_any_run(tmp_path) -> None:
+    from bench.errors import GenbenchError
+    from bench.runner import plan_study
+
+    for bad in ("score-sde.sde=vq", "score-sde.sampler=rk4", "ddpm.variance=medium"):
+        with pytest.raises(GenbenchError, match="bad value .* Valid:"):
+            plan_study("smoke", methods=["ddpm", "score-sde"], sets=[bad], out=tmp_path)
+    with pytest.raises(GenbenchError, match="sampler rows are"):
+        METHODS.get("flow-matching").build(SPEC, {"samplers": ["rk4:3"]})
