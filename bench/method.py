@@ -105,6 +105,12 @@ class Method(nn.Module):
     #: study (same protocol, dataset and seed), gives it that run's network hyper-parameters
     #: and loads its final (EMA) weights; e.g. ``ddim`` reuses ``ddpm``.
     weights_from: ClassVar[str | None] = None
+    #: the length of the run, set by the training loop (``set_budget``) before the first
+    #: step and 0 outside it: for schedules that must know it (cosine decay, warm-up as a
+    #: fraction, a second training stage such as a VQ-VAE's prior)
+    budget_images: int = 0
+    #: steps the budget allows when every step consumes one batch (``len(batch.x)`` images)
+    budget_steps: int = 0
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__()
@@ -150,6 +156,11 @@ class Method(nn.Module):
     # -- training ----------------------------------------------------------------------------
     def train_step(self, batch: Batch, step: int) -> dict[str, float]:
         raise NotImplementedError(f"{self.name} does not train")
+
+    def set_budget(self, budget_images: int, batch_size: int) -> None:
+        """Called by the training loop before the first step (and again on resume)."""
+        self.budget_images = budget_images
+        self.budget_steps = -(-budget_images // batch_size)
 
     def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> None:
         """Register an optimizer so that checkpoints (and resumed runs) include its state."""

@@ -115,6 +115,7 @@ def train(
         raise GenbenchError(
             f"batch_size {settings.batch_size} is not divisible by the {dist_info.world_size} ranks"
         )
+    method.set_budget(budget, settings.batch_size)
     ema = EMA(method, method.ema_decay) if method.ema_decay else None
     images_seen, step = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE if run_dir else None

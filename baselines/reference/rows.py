@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.common.encoders import ResNetEncoder, encoder_widths
+from baselines.common.encoders import ResNetEncoder, shared_encoder
 from bench.method import (
     ENCODE,
     LOG_LIKELIHOOD,
@@ -113,7 +113,7 @@ class RawPixels(Method):
 
 
 def _encoder(spec: DataSpec) -> ResNetEncoder:
-    return ResNetEncoder(spec.channels, encoder_widths(spec))
+    return shared_encoder(spec)
 
 
 @register_method("random-encoder")

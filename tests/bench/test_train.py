@@ -61,6 +61,23 @@ def test_budget_is_counted_in_images_seen() -> None:
     assert doubled.steps == 7 and doubled.images_seen == 112  # generator batches count too
 
 
+def test_method_is_told_its_budget_before_the_first_step() -> None:
+    images, labels = data()
+    toy = Toy(SPEC)
+    assert (toy.budget_images, toy.budget_steps) == (0, 0)  # outside the loop
+    seen_at_first_step: list[tuple[int, int]] = []
+    original = toy.train_step
+
+    def recording_step(batch: Batch, step: int) -> dict[str, float]:
+        if step == 0:
+            seen_at_first_step.append((toy.budget_images, toy.budget_steps))
+        return original(batch, step)
+
+    toy.train_step = recording_step  # type: ignore[method-assign]
+    outcome = train(toy, images, labels, TrainSettings(budget_images=100, batch_size=8), 0, CPU)
+    assert seen_at_first_step == [(100, 13)] and outcome.steps == 13
+
+
 def test_nan_loss_is_diverged_at_its_step() -> None:
     images, labels = data()
     with pytest.raises(Diverged) as info:
