@@ -197,6 +197,12 @@ class Method(nn.Module):
         own, e.g. ``[{"steps": 50}, {"steps": 10}, {"steps": 20}, {"steps": 100}]``."""
         return [{}]
 
+    def likelihood_variants(self) -> list[dict[str, Any]]:
+        """Likelihood estimators to evaluate, each passed to ``log_likelihood`` as keyword
+        arguments: the first is the method's bits/dim; each other one gets a leaderboard row
+        of its own, e.g. a VAE's ``[{"bound": "iwae", "k": 100}, {"bound": "elbo"}]``."""
+        return [{}]
+
     def sample_settings(self) -> dict[str, Any]:
         """Sampler settings recorded with the fidelity metrics (steps, guidance, ...)."""
         return {}

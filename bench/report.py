@@ -51,7 +51,8 @@ def variant_name(method: str, variant: dict[str, Any]) -> str:
 
 
 def flatten_rows(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
-    """The method's row, plus one row per extra sampler variant (FID against cost)."""
+    """The method's row, plus one row per extra sampler variant (FID against cost)
+    and per extra likelihood estimator."""
     rows = [(result.method, flatten(result))]
     for scores in result.metrics.get("fidelity_variants", []):
         row = _fidelity_columns(scores)
@@ -59,7 +60,13 @@ def flatten_rows(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
             if scores.get(key) is not None:
                 row[key] = scores[key]
         rows.append((variant_name(result.method, scores.get("variant", {})), row))
+    for scores in result.metrics.get("likelihood_variants", []):
+        rows.append((variant_name(result.method, scores.get("variant", {})), _bpd_columns(scores)))
     return rows
+
+
+def _bpd_columns(scores: dict[str, Any]) -> dict[str, Any]:
+    return {"bpd": scores.get("bpd"), "bpd_is_bound": bool(scores.get("is_bound"))}
 
 
 def _fidelity_columns(scores: dict[str, Any]) -> dict[str, Any]:
@@ -74,8 +81,7 @@ def flatten(result: RunResult) -> dict[str, Any]:
     if "fidelity" in metrics:
         row.update(_fidelity_columns(metrics["fidelity"]))
     if "likelihood" in metrics:
-        row["bpd"] = metrics["likelihood"].get("bpd")
-        row["bpd_is_bound"] = bool(metrics["likelihood"].get("is_bound"))
+        row.update(_bpd_columns(metrics["likelihood"]))
     if "probe" in metrics:
         row["linear_acc"] = metrics["probe"].get("linear_acc")
         row["knn_acc"] = metrics["probe"].get("knn_acc")

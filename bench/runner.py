@@ -350,14 +350,22 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
     settings, data, device = spec.protocol.eval, study.data, study.device
     metrics: dict[str, Any] = {}
     if LOG_LIKELIHOOD in method.capabilities:
-        metrics["likelihood"] = likelihood.evaluate_likelihood(
-            method,
-            data.images("test"),
-            settings.eval_batch_size,
-            data.spec.dims,
-            data.spec.num_levels,
-            device,
-        )
+        # The first variant is the method's bits/dim; others (a VAE's ELBO beside its IWAE
+        # bound) become rows of their own in the leaderboard, like sampler variants.
+        for index, variant in enumerate(method.likelihood_variants()):
+            scores = likelihood.evaluate_likelihood(
+                method,
+                data.images("test"),
+                settings.eval_batch_size,
+                data.spec.dims,
+                data.spec.num_levels,
+                device,
+                variant,
+            )
+            if index == 0:
+                metrics["likelihood"] = scores
+            else:
+                metrics.setdefault("likelihood_variants", []).append({**scores, "variant": variant})
     if not distributed.current().is_main:
         return None
     speed: dict[str, Any] = {

@@ -105,8 +105,10 @@ def evaluate_likelihood(
     dims: int,
     num_levels: int,
     device: torch.device,
+    variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """bits/dim of ``method`` on the test images (float [0, 1]), labelled bound or exact.
+    """bits/dim of ``method`` on the test images (float [0, 1]), labelled bound or exact;
+    ``variant``: keyword arguments of ``log_likelihood`` (one of its likelihood_variants).
 
     In a distributed run each rank scores its shard; the metric reduces across ranks."""
     from bench.distributed import current
@@ -117,7 +119,7 @@ def evaluate_likelihood(
     with torch.no_grad():
         for start in range(0, len(shard), batch_size):
             x = shard[start : start + batch_size].to(device)
-            metric.update(method.log_likelihood(x))
+            metric.update(method.log_likelihood(x, **(variant or {})))
     bpd = float(metric.compute())
     settings = {
         "split": "test",
@@ -126,4 +128,5 @@ def evaluate_likelihood(
         "uniform_bpd": uniform_bits_per_dim(num_levels),
     }
     settings.update(method.likelihood_settings())
+    settings.update(variant or {})
     return {"bpd": bpd, "is_bound": bool(method.likelihood_is_bound), "settings": settings}

@@ -3,9 +3,12 @@ comes out (does a sample drawn for label y look like a y)."""
 
 from __future__ import annotations
 
+import math
+
+import pytest
 import torch
 
-from bench.method import SAMPLE, DataSpec, Method
+from bench.method import LOG_LIKELIHOOD, SAMPLE, DataSpec, Method
 from bench.runner import evaluate, plan_study
 
 
@@ -85,3 +88,38 @@ def test_sampler_variants_are_scored_and_get_rows(tmp_path) -> None:
     assert list(table.index) == ["denoiser", "denoiser[steps=1]", "denoiser[steps=16]"]
     assert table.at["denoiser[steps=16]", "nfe_mean"] == 16
     assert table.at["denoiser[steps=16]", "fid[digits-cnn]_rank"] == 1
+
+
+class TwoBounds(Method):
+    """A stand-in for a VAE: a tight bound and a looser one (uniform over the levels + 1 nat)."""
+
+    capabilities = frozenset({LOG_LIKELIHOOD})
+    trainable = False
+    likelihood_is_bound = True
+
+    def likelihood_variants(self):
+        return [{"bound": "tight"}, {"bound": "loose"}]
+
+    def log_likelihood(self, x, bound: str = "tight"):
+        uniform = -self.spec.dims * math.log(self.spec.num_levels)
+        return torch.full((len(x),), uniform - (1.0 if bound == "loose" else 0.0))
+
+
+def test_likelihood_variants_are_scored_and_get_rows(tmp_path) -> None:
+    from bench.report import aggregate
+    from bench.results import RunResult
+
+    study = plan_study("smoke", methods=["real-data"], out=tmp_path, device="cpu")
+    spec = study.data.spec
+    metrics = evaluate(TwoBounds(spec), study.runs[0], study, None)
+    uniform_bpd = math.log2(spec.num_levels)
+    assert metrics["likelihood"]["bpd"] == pytest.approx(uniform_bpd)
+    assert metrics["likelihood"]["settings"]["bound"] == "tight"
+    (loose,) = metrics["likelihood_variants"]
+    assert loose["variant"] == {"bound": "loose"} and loose["is_bound"]
+    assert loose["bpd"] == pytest.approx(uniform_bpd + 1.0 / (spec.dims * math.log(2)))
+    result = RunResult("vae", "digits", {"name": "smoke", "version": 1}, 0, "ok", metrics, {}, {})
+    table = aggregate([result]).set_index("method")
+    assert list(table.index) == ["vae", "vae[bound=loose]"]
+    assert table.at["vae[bound=loose]", "bpd_mean"] == pytest.approx(loose["bpd"])
+    assert table.at["vae[bound=loose]", "bpd_rank"] == 2
