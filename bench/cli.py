@@ -81,12 +81,16 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = commands.add_parser("run", help="train and evaluate a study, then write a leaderboard")
     _study_options(run)
-    run.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    run.add_argument(
+        "--methods", default=None, help="comma-separated names or family:NAME (default: all)"
+    )
     run.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
 
     sweep = commands.add_parser("sweep", help="a study as parallel processes, one per GPU")
     _study_options(sweep)
-    sweep.add_argument("--methods", default=None, help="comma-separated (default: all)")
+    sweep.add_argument(
+        "--methods", default=None, help="comma-separated names or family:NAME (default: all)"
+    )
     sweep.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
     sweep.add_argument(
         "--executor",
@@ -188,7 +192,7 @@ def _seeds(text: str | None) -> list[int] | None:
 
 def cmd_list(args: argparse.Namespace) -> int:
     from bench.protocol import load_protocol, protocol_names
-    from bench.registry import DATASETS, EXTRACTORS, METHODS
+    from bench.registry import DATASETS, EXTRACTORS, METHODS, method_families
 
     lines = []
     if args.what in ("all", "methods"):
@@ -202,6 +206,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 else ""
             )
             lines.append(f"  {name:<22} [{caps}{bound}]  {cls.summary}")
+        lines.append("method families (--methods family:NAME):")
+        for family, names in sorted(method_families().items()):
+            lines.append(f"  {family:<22} {', '.join(names)}")
     if args.what in ("all", "datasets"):
         lines.append("datasets:")
         for name in DATASETS.names():

@@ -80,11 +80,38 @@ def _load_plugins() -> None:
         importlib.import_module(module)
 
 
+FAMILY_PREFIX = "family:"
+
+
+def method_families() -> dict[str, list[str]]:
+    """Family (the ``baselines`` subpackage a method lives in) -> its method names."""
+    families: dict[str, list[str]] = {}
+    for name in METHODS.names():
+        parts = METHODS.get(name).__module__.split(".")
+        family = parts[1] if len(parts) > 2 and parts[0] == "baselines" else parts[0]
+        families.setdefault(family, []).append(name)
+    return families
+
+
 def parse_names(kind: str, text: str, registry: Registry[Any]) -> list[str]:
-    """Split a comma-separated list of names and check each one against ``registry``."""
-    names = [part.strip() for part in text.split(",") if part.strip()]
+    """Split a comma-separated list of names and check each one against ``registry``. For
+    methods, ``family:<name>`` stands for every method of a family (``family:ssl``)."""
+    names: list[str] = []
+    for part in (part.strip() for part in text.split(",")):
+        if not part:
+            continue
+        if registry is METHODS and part.startswith(FAMILY_PREFIX):
+            families = method_families()
+            family = part[len(FAMILY_PREFIX) :]
+            if family not in families:
+                raise GenbenchError(
+                    f"unknown method family {family!r}. Known: {', '.join(sorted(families))}"
+                )
+            names.extend(n for n in families[family] if n not in names)
+            continue
+        registry.get(part)
+        if part not in names:
+            names.append(part)
     if not names:
         raise GenbenchError(f"empty list of {kind}s")
-    for name in names:
-        registry.get(name)
     return names

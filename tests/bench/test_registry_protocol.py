@@ -6,7 +6,7 @@ import pytest
 
 from bench.errors import GenbenchError
 from bench.protocol import load_protocol, parse_protocol, protocol_names
-from bench.registry import DATASETS, EXTRACTORS, METHODS
+from bench.registry import DATASETS, EXTRACTORS, METHODS, method_families, parse_names
 
 
 def test_unknown_names_suggest_close_matches() -> None:
@@ -19,6 +19,24 @@ def test_unknown_names_suggest_close_matches() -> None:
         load_protocol("quik")
     with pytest.raises(GenbenchError, match="feature extractor"):
         EXTRACTORS.get("inception")
+
+
+def test_method_families_expand_in_method_lists() -> None:
+    families = method_families()
+    assert families["reference"] == [
+        "independent-pixels",
+        "random-encoder",
+        "raw-pixels",
+        "real-data",
+        "supervised",
+    ]
+    assert sorted(n for names in families.values() for n in names) == METHODS.names()
+    names = parse_names("method", "supervised, family:reference,gan", METHODS)
+    assert names == ["supervised", *[n for n in families["reference"] if n != "supervised"], "gan"]
+    with pytest.raises(GenbenchError, match="unknown method family 'refrence'.*reference"):
+        parse_names("method", "family:refrence", METHODS)
+    with pytest.raises(GenbenchError, match="empty list"):
+        parse_names("method", " , ", METHODS)
 
 
 def test_every_method_declares_valid_capabilities() -> None:
