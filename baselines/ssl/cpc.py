@@ -1,0 +1,157 @@
+"""cpc: van den Oord et al. 2018, "Representation Learning with Contrastive Predictive
+Coding", in its image form and with the training of Henaff et al. 2020 ("Data-Efficient Image
+Recognition with Contrastive Predictive Coding", CPC v2).
+
+- The image is cut into a G x G grid of OVERLAPPING p x p patches with stride s < p
+  (``patch_grid``: one ``unfold``; 28x28: 8x8 patches, stride 4, a 6x6 grid; 8x8 digits: 4x4
+  patches, stride 2, a 3x3 grid).
+- Every patch of the batch is encoded at once by the shared ResNet encoder f_theta (the patch
+  encoder): z_{i,j} = f_theta(x_{i,j}) (globally pooled features).
+- An autoregressive context network g_phi over the rows of the grid (PixelCNN-style, as both
+  papers do for images): residual blocks of masked convolutions whose kernels cover only the
+  current row and the rows above, so c_{i,j} = g_phi({z_{u,v}: u <= i}).
+- Predictions of the embeddings k = 1..K rows below: zhat_{i+k,j} = W_k c_{i,j} (a linear map
+  per offset), scored against every patch embedding at that offset in the batch,
+  score(zhat_p, z_q) = zhat_p . z_q, with InfoNCE (eq. 4 of van den Oord et al.):
+      L_k = -E_p[log exp(zhat_p . z_p) / sum_q exp(zhat_p . z_q)],
+  q running over all the targets of offset k in the batch (other locations of the same image
+  and all locations of the other images: the negatives of CPC v2); L = mean_k L_k.
+
+The representation (``encode``, the papers' linear evaluation): the patch encoder's
+embeddings mean-pooled over the grid, (B, feature_dim).
+Departures: the shared encoder keeps its batch normalisation (CPC v2 replaces it with layer
+normalisation because batch statistics can leak information between patches; with 64 images
+per batch, each patch's statistics are shared by thousands of others); no patch-level
+augmentation (CPC v2's colour dropping and spatial jitter); a two-block context network.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from baselines.ssl.base import SelfSupervisedMethod
+from baselines.ssl.losses import diagonal_info_nce
+from bench.method import Batch, DataSpec
+from bench.registry import register_method
+
+#: per data scale: patch size, stride (< patch size: overlapping patches), rows predicted
+GRIDS: dict[str, dict[str, int]] = {
+    "8x8": {"patch_size": 4, "patch_stride": 2, "prediction_steps": 2},
+    "28x28": {"patch_size": 8, "patch_stride": 6, "prediction_steps": 2},
+    "32x32": {"patch_size": 8, "patch_stride": 4, "prediction_steps": 3},
+}
+
+
+def patch_grid(x: Tensor, patch_size: int, stride: int) -> Tensor:
+    """(B, C, H, W) -> (B, G_h, G_w, C, p, p): the overlapping patches, row-major,
+    G = (H - p) // s + 1 (pixels beyond the last full patch are dropped)."""
+    b, c, h, w = x.shape
+    gh, gw = (h - patch_size) // stride + 1, (w - patch_size) // stride + 1
+    cols = F.unfold(x, patch_size, stride=stride)  # (B, C p p, G_h G_w)
+    return cols.transpose(1, 2).reshape(b, gh, gw, c, patch_size, patch_size)
+
+
+class RowCausalConv(nn.Conv2d):
+    """A convolution over the grid whose output at row i sees only rows <= i: a kernel of
+    height k placed on rows i - k + 1 .. i (top padding only), all columns (width 3)."""
+
+    def __init__(self, channels: int, rows: int = 2) -> None:
+        super().__init__(channels, channels, (rows, 3))
+        self.rows = rows
+
+    def forward(self, x: Tensor) -> Tensor:
+        return super().forward(F.pad(x, (1, 1, self.rows - 1, 0)))  # (left, right, top, bottom)
+
+
+class ContextNetwork(nn.Module):
+    """PixelCNN-style autoregressive context over the rows: z (B, d, G, G) -> c (B, d, G, G)
+    with c[:, :, i] a function of z[:, :, :i + 1] only. Residual bottleneck blocks (1x1 down
+    to d/2, a row-causal 2x3 convolution, 1x1 up); each block reaches one row further up."""
+
+    def __init__(self, channels: int, blocks: int) -> None:
+        super().__init__()
+        inner = channels // 2
+        self.blocks = nn.ModuleList(
+            nn.Sequential(
+                nn.ReLU(),
+                nn.Conv2d(channels, inner, 1),
+                nn.ReLU(),
+                RowCausalConv(inner),
+                nn.ReLU(),
+                nn.Conv2d(inner, channels, 1),
+            )
+            for _ in range(blocks)
+        )
+
+    def forward(self, z: Tensor) -> Tensor:
+        c = z
+        for block in self.blocks:
+            c = c + block(c)
+        return c
+
+
+@register_method("cpc")
+class CPC(SelfSupervisedMethod):
+    summary = "Contrastive predictive coding (van den Oord 2018, Henaff 2020) on a patch grid"
+
+    @classmethod
+    def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
+        return {**GRIDS.get(spec.scale, GRIDS["32x32"]), "context_blocks": 3, "lr": 1e-3}
+
+    def __init__(
+        self,
+        spec: DataSpec,
+        patch_size: int,
+        patch_stride: int,
+        prediction_steps: int,
+        context_blocks: int,
+        lr: float,
+    ) -> None:
+        super().__init__(spec)
+        if patch_stride >= patch_size:
+            raise ValueError("cpc patches overlap: patch_stride must be below patch_size")
+        grid_rows = (spec.height - patch_size) // patch_stride + 1
+        if not 1 <= prediction_steps < grid_rows:
+            raise ValueError(f"prediction_steps must be in 1..{grid_rows - 1}")
+        self.patch_size, self.patch_stride = patch_size, patch_stride
+        self.prediction_steps = prediction_steps
+        dim = self.encoder.feature_dim
+        self.context = ContextNetwork(dim, context_blocks)
+        # W_k, k = 1..K, as one 1x1 convolution with K d outputs
+        self.predictors = nn.Conv2d(dim, prediction_steps * dim, 1)
+        self.add_optimizer("adam", torch.optim.Adam(self.parameters(), lr=lr))
+
+    def patch_embeddings(self, x: Tensor) -> Tensor:
+        """(B, C, H, W) -> z (B, d, G_h, G_w): every patch of the batch through the encoder."""
+        patches = patch_grid(x, self.patch_size, self.patch_stride)  # (B, G_h, G_w, C, p, p)
+        b, gh, gw = patches.shape[:3]
+        z = self.encoder(patches.flatten(0, 2))  # (B G_h G_w, d)
+        return z.view(b, gh, gw, -1).permute(0, 3, 1, 2)
+
+    def prediction_loss(self, z: Tensor) -> Tensor:
+        """z (B, d, G, G) patch embeddings -> mean over k = 1..K of the InfoNCE loss L_k."""
+        d = z.shape[1]
+        predictions = self.predictors(self.context(z))  # (B, K d, G, G)
+        losses = []
+        for k in range(1, self.prediction_steps + 1):
+            # context rows 0..G-1-k predict the embeddings k rows below
+            pred = predictions[:, (k - 1) * d : k * d, :-k]  # (B, d, G - k, G)
+            pred = pred.permute(0, 2, 3, 1).reshape(-1, d)  # (N_k, d)
+            target = z[:, :, k:].permute(0, 2, 3, 1).reshape(-1, d)  # (N_k, d)
+            losses.append(diagonal_info_nce(pred @ target.T))  # (N_k, N_k) scores
+        return torch.stack(losses).mean()
+
+    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+        loss = self.prediction_loss(self.patch_embeddings(batch.x))
+        optimizer = self.optimizers["adam"]
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        return {"loss": loss.item()}
+
+    def encode(self, x: Tensor) -> Tensor:
+        return self.patch_embeddings(x).mean(dim=(2, 3))  # (B, d, G, G) -> (B, d)

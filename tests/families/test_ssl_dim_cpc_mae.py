@@ -1,0 +1,292 @@
+"""Deep InfoMax, CPC and MAE against values computed independently of their code: estimator
+values by hand, the patch grid by slicing, the context network's causality by perturbation
+and gradients, MAE's masking and what its encoder and decoder see by hooks."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from baselines.common.vit import patchify, sincos_position_embedding, unpatchify
+from baselines.ssl.cpc import ContextNetwork, patch_grid
+from baselines.ssl.dim import infonce_mi, jsd_mi
+from baselines.ssl.mae import masked_patch_loss, random_masking, warmup_cosine
+from bench.method import Batch, DataSpec
+from bench.registry import METHODS
+
+DIGITS = DataSpec("tiny", 1, 8, 8, 17, 10)
+MNIST = DataSpec("mnist-like", 1, 28, 28, 256, 10)
+
+
+def softplus(v: float) -> float:
+    return math.log1p(math.exp(v))
+
+
+# -- Deep InfoMax ------------------------------------------------------------------------------
+
+#: scores[i, j, l] = T(local feature l of image j, Y of image i) for B = 2 images, 2 locations
+SCORES = torch.tensor([[[2.0, 1.0], [-1.0, 0.5]], [[0.0, -2.0], [3.0, 1.5]]])
+
+
+def test_jsd_estimator_matches_a_hand_computation() -> None:
+    positives = [2.0, 1.0, 3.0, 1.5]  # i == j: [0, 0, :] and [1, 1, :]
+    negatives = [-1.0, 0.5, 0.0, -2.0]  # i != j
+    expected = sum(-softplus(-t) for t in positives) / 4 - sum(softplus(t) for t in negatives) / 4
+    assert float(jsd_mi(SCORES)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_infonce_estimator_matches_a_hand_computation() -> None:
+    # per location l and row i (image i's Y): log softmax over the images j at column i
+    total = 0.0
+    for l in range(2):
+        for i in range(2):
+            row = [float(SCORES[i, j, l]) for j in range(2)]
+            total += row[i] - math.log(sum(math.exp(v) for v in row))
+    expected = math.log(2) + total / 4
+    assert float(infonce_mi(SCORES)) == pytest.approx(expected, abs=1e-6)
+
+
+def test_dim_local_scores_pair_every_y_with_every_local_feature() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("dim").build(DIGITS)
+    local_map = torch.randn(3, 64, 2, 2)  # stage-2 map of the digits encoder
+    y = torch.randn(3, 64)
+    scores = method.local_scores(local_map, y)
+    assert scores.shape == (3, 3, 4)
+    m = method.local_map_embed(local_map)  # (3, width, 2, 2)
+    g = method.local_global_embed(y)  # (3, width)
+    for i in range(3):
+        for j in range(3):
+            for loc in range(4):
+                expected = torch.dot(g[i], m[j, :, loc // 2, loc % 2])
+                assert torch.allclose(scores[i, j, loc], expected, atol=1e-4)
+
+
+def test_dim_prior_discriminator_is_updated_only_by_its_own_optimizer() -> None:
+    """With the prior discriminator's learning rate at 0 its weights must not move, although
+    the encoder's loss back-propagates through it (eq. 7: D only ascends its objective)."""
+    torch.manual_seed(0)
+    method = METHODS.get("dim").build(DIGITS, {"prior_lr": 0.0, "alpha": 0.5})
+    before = [p.detach().clone() for p in method.prior_discriminator.parameters()]
+    head_before = method.global_head[0].weight.detach().clone()
+    x = torch.rand(8, *DIGITS.shape)
+    logs = method.train_step(Batch(x, torch.zeros(8, dtype=torch.long)), 0)
+    assert {"local_mi", "global_mi", "prior_discriminator_loss"} <= set(logs)
+    for p, p0 in zip(method.prior_discriminator.parameters(), before, strict=True):
+        assert torch.equal(p, p0)
+    assert not torch.equal(method.global_head[0].weight, head_before)
+
+
+def test_dim_infonce_option_trains() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("dim").build(DIGITS, {"estimator": "infonce"})
+    logs = method.train_step(Batch(torch.rand(8, *DIGITS.shape), torch.zeros(8).long()), 0)
+    assert -1.0 < logs["local_mi"] <= math.log(8) + 1e-6  # InfoNCE is at most log B
+
+
+# -- CPC ---------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    ("spec", "grid", "patch", "stride"), [(MNIST, 4, 8, 6), (DIGITS, 3, 4, 2)]
+)
+def test_cpc_default_patch_grid_shape_and_overlap(
+    spec: DataSpec, grid: int, patch: int, stride: int
+) -> None:
+    hparams = METHODS.get("cpc").default_hparams(spec)
+    assert (hparams["patch_size"], hparams["patch_stride"]) == (patch, stride)
+    x = torch.rand(2, *spec.shape)
+    patches = patch_grid(x, patch, stride)
+    assert patches.shape == (2, grid, grid, 1, patch, patch)
+    for i in range(grid):
+        for j in range(grid):
+            expected = x[:, :, i * stride : i * stride + patch, j * stride : j * stride + patch]
+            assert torch.equal(patches[:, i, j], expected)
+    overlap = patch - stride  # neighbours share this many pixel columns and rows
+    assert overlap > 0
+    assert torch.equal(patches[:, 0, 0, :, :, stride:], patches[:, 0, 1, :, :, :overlap])
+    assert torch.equal(patches[:, 0, 0, :, stride:, :], patches[:, 1, 0, :, :overlap, :])
+
+
+def test_cpc_context_at_row_i_ignores_rows_below() -> None:
+    torch.manual_seed(0)
+    context = ContextNetwork(16, blocks=3)
+    z = torch.randn(2, 16, 5, 5)
+    c = context(z)
+    for i in range(5):
+        perturbed = z.clone()
+        perturbed[:, :, i + 1 :] += torch.randn_like(perturbed[:, :, i + 1 :])
+        c2 = context(perturbed)
+        assert torch.equal(c2[:, :, : i + 1], c[:, :, : i + 1])
+        if i < 4:
+            assert not torch.allclose(c2[:, :, i + 1 :], c[:, :, i + 1 :])
+
+
+def test_cpc_context_gradient_reaches_rows_above_only() -> None:
+    torch.manual_seed(0)
+    context = ContextNetwork(16, blocks=3)
+    z = torch.randn(1, 16, 5, 5, requires_grad=True)
+    row = 2
+    (grad,) = torch.autograd.grad(context(z)[:, :, row].sum(), z)
+    per_row = grad.abs().sum(dim=(0, 1, 3))  # (5,)
+    assert (per_row[row + 1 :] == 0).all()
+    assert (per_row[: row + 1] > 0).all()  # three blocks reach three rows up
+
+
+def test_cpc_prediction_loss_matches_a_loop_over_pairs() -> None:
+    """L_k = -mean_p log softmax_q(W_k c_p . z_q)[p], q over every target at offset k."""
+    torch.manual_seed(0)
+    method = METHODS.get("cpc").build(DIGITS)  # 3x3 grid, K = 2
+    z = torch.randn(2, 128, 3, 3)
+    with torch.no_grad():
+        c = method.context(z)
+    weight = method.predictors.weight[:, :, 0, 0]  # (K d, d)
+    bias = method.predictors.bias
+    losses = []
+    for k in (1, 2):
+        w, b = weight[(k - 1) * 128 : k * 128], bias[(k - 1) * 128 : k * 128]
+        sources = [(n, i, j) for n in range(2) for i in range(3 - k) for j in range(3)]
+        total = 0.0
+        for n, i, j in sources:
+            pred = w @ c[n, :, i, j] + b
+            logits = torch.stack([pred @ z[m, :, u + k, v] for m, u, v in sources])
+            total += -F.log_softmax(logits.detach(), 0)[sources.index((n, i, j))].item()
+        losses.append(total / len(sources))
+    with torch.no_grad():
+        loss = method.prediction_loss(z).item()
+    assert loss == pytest.approx(sum(losses) / 2, rel=1e-4)
+
+
+def test_cpc_encode_mean_pools_the_patch_embeddings() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("cpc").build(DIGITS).eval()
+    x = torch.rand(3, *DIGITS.shape)
+    patches = patch_grid(x, 4, 2).flatten(0, 2)  # (27, 1, 4, 4)
+    expected = method.encoder(patches).view(3, 9, -1).mean(1)
+    assert torch.allclose(method.encode(x), expected, atol=1e-5)
+
+
+# -- MAE ---------------------------------------------------------------------------------------
+
+
+def test_patchify_round_trip_and_order() -> None:
+    x = torch.arange(2 * 1 * 8 * 8, dtype=torch.float32).view(2, 1, 8, 8)
+    tokens = patchify(x, 2)
+    assert tokens.shape == (2, 16, 4)
+    assert torch.equal(tokens[0, 1], x[0, 0, 0:2, 2:4].flatten())  # row-major patches
+    assert torch.equal(unpatchify(tokens, 2, 1, (4, 4)), x)
+
+
+def test_sincos_position_embedding_values() -> None:
+    emb = sincos_position_embedding(8, (2, 3))  # 2 rows, 3 columns; 2 frequencies per axis
+    assert emb.shape == (6, 8)
+    # position (row 1, column 2): [sin(2 w), cos(2 w)] for the column, then the row's
+    omega = torch.tensor([1.0, 1.0 / 100.0])
+    col = torch.cat([(2 * omega).sin(), (2 * omega).cos()])
+    row = torch.cat([(1 * omega).sin(), (1 * omega).cos()])
+    assert torch.allclose(emb[5], torch.cat([col, row]), atol=1e-6)
+
+
+def test_random_masking_keeps_the_fraction_per_sample_at_random_positions() -> None:
+    torch.manual_seed(0)
+    b, n = 64, 49
+    tokens = torch.arange(n, dtype=torch.float32).view(1, n, 1).expand(b, n, 3)
+    visible, mask, ids_restore = random_masking(tokens, 0.75)
+    keep = int(n * 0.25)
+    assert visible.shape == (b, keep, 3)
+    assert (mask.sum(1) == n - keep).all()
+    assert set(mask.unique().tolist()) == {0.0, 1.0}
+    # the visible tokens are exactly the unmasked positions (tokens carry their index)
+    for row in range(b):
+        kept = sorted(visible[row, :, 0].long().tolist())
+        assert kept == torch.nonzero(mask[row] == 0).flatten().tolist()
+    assert len({tuple(m.tolist()) for m in mask}) == b  # different positions per sample
+    # ids_restore undoes the shuffle: [visible, masked] gathered -> image order
+    assert torch.equal(ids_restore.argsort(1).argsort(1), ids_restore)
+
+
+def _hooked_forward(method) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    mae = method.encoder
+    seen: dict[str, Tensor] = {}
+    hooks = [
+        mae.blocks[0].register_forward_pre_hook(lambda m, a: seen.setdefault("enc", a[0])),
+        mae.norm.register_forward_hook(lambda m, a, out: seen.setdefault("latent", out)),
+        mae.decoder_blocks[0].register_forward_pre_hook(lambda m, a: seen.setdefault("dec", a[0])),
+    ]
+    x = torch.rand(4, *DIGITS.shape)
+    with torch.no_grad():
+        _, mask = mae(x, 0.75)
+        tokens = mae.embed(x)
+    for hook in hooks:
+        hook.remove()
+    return tokens, mask, seen["enc"], seen["latent"], seen["dec"]
+
+
+def test_mae_encoder_receives_only_the_visible_tokens() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("mae").build(DIGITS)  # patch 2: 16 patches, 4 visible
+    tokens, mask, enc_in, _, _ = _hooked_forward(method)
+    assert enc_in.shape == (4, 1 + 4, tokens.shape[2])  # cls + the visible quarter
+    for row in range(4):
+        assert torch.equal(enc_in[row, 0], method.encoder.cls_token[0, 0])
+        # each encoder input token is the embedding of one unmasked position
+        match = torch.cdist(enc_in[row, 1:], tokens[row]).argmin(1)
+        assert torch.allclose(enc_in[row, 1:], tokens[row, match])
+        assert sorted(match.tolist()) == torch.nonzero(mask[row] == 0).flatten().tolist()
+
+
+def test_mae_decoder_sees_mask_tokens_exactly_at_the_masked_positions() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("mae").build(DIGITS)
+    mae = method.encoder
+    tokens, mask, enc_in, latent, dec_in = _hooked_forward(method)
+    content = dec_in[:, 1:] - mae.decoder_pos_embed  # (4, 16, d_dec) without positions
+    with torch.no_grad():
+        projected = mae.decoder_embed(latent)  # (4, 1 + 4, d_dec)
+    for row in range(4):
+        masked = mask[row].bool()
+        assert torch.allclose(content[row, masked], mae.mask_token[0, 0].expand(12, -1), atol=1e-6)
+        # the encoded visible tokens are put back at the positions they came from
+        positions = torch.cdist(enc_in[row, 1:], tokens[row]).argmin(1)
+        assert torch.allclose(content[row, positions], projected[row, 1:], atol=1e-6)
+        assert not torch.allclose(content[row, ~masked], mae.mask_token[0, 0].expand(4, -1))
+
+
+def test_mae_loss_is_the_normalised_mse_on_masked_patches_only() -> None:
+    torch.manual_seed(0)
+    images = torch.rand(2, 1, 4, 4)
+    pred = torch.randn(2, 4, 4)
+    mask = torch.tensor([[1.0, 0.0, 0.0, 1.0], [0.0, 1.0, 0.0, 0.0]])
+    total = 0.0
+    for b, n in [(0, 0), (0, 3), (1, 1)]:
+        target = patchify(images, 2)[b, n]
+        target = (target - target.mean()) / math.sqrt(float(target.var()) + 1e-6)
+        total += float(((pred[b, n] - target) ** 2).mean())
+    assert float(masked_patch_loss(images, pred, mask, 2, True)) == pytest.approx(total / 3)
+    changed = pred.clone()
+    changed[mask == 0] += 5.0  # predictions of visible patches do not count
+    assert float(masked_patch_loss(images, changed, mask, 2, True)) == pytest.approx(total / 3)
+
+
+def test_mae_encode_uses_all_patches_without_randomness() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("mae").build(DIGITS).eval()
+    seen = []
+    hook = method.encoder.blocks[0].register_forward_pre_hook(lambda m, a: seen.append(a[0]))
+    x = torch.rand(3, *DIGITS.shape)
+    features = method.encode(x)
+    hook.remove()
+    assert seen[0].shape[1] == 1 + 16
+    assert features.shape == (3, 64)
+    assert torch.equal(features, method.encode(x))
+
+
+def test_warmup_cosine_schedule() -> None:
+    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
+    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
+    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
+    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0)
