@@ -3,8 +3,9 @@ Coding", in its image form and with the training of Henaff et al. 2020 ("Data-Ef
 Recognition with Contrastive Predictive Coding", CPC v2).
 
 - The image is cut into a G x G grid of OVERLAPPING p x p patches with stride s < p
-  (``patch_grid``: one ``unfold``; 28x28: 8x8 patches, stride 4, a 6x6 grid; 8x8 digits: 4x4
-  patches, stride 2, a 3x3 grid).
+  (``patch_grid``: one ``unfold``; 28x28: 8x8 patches, stride 6, a 4x4 grid covering the
+  top-left 26x26 pixels (MNIST's border is blank); 8x8 digits: 4x4 patches, stride 2, a 3x3
+  grid; 32x32: 8x8 patches, stride 4, a 7x7 grid, the papers' half overlap).
 - Every patch of the batch is encoded at once by the shared ResNet encoder f_theta (the patch
   encoder): z_{i,j} = f_theta(x_{i,j}) (globally pooled features).
 - An autoregressive context network g_phi over the rows of the grid (PixelCNN-style, as both
@@ -44,6 +45,11 @@ GRIDS: dict[str, dict[str, int]] = {
     "28x28": {"patch_size": 8, "patch_stride": 6, "prediction_steps": 2},
     "32x32": {"patch_size": 8, "patch_stride": 4, "prediction_steps": 3},
 }
+
+
+#: quarter turns of the grid per prediction direction: top-down (CPC v1), bottom-up, then
+#: left-to-right and right-to-left (CPC v2 predicts in several directions)
+QUARTER_TURNS = (0, 2, 1, 3)
 
 
 def patch_grid(x: Tensor, patch_size: int, stride: int) -> Tensor:
@@ -100,7 +106,12 @@ class CPC(SelfSupervisedMethod):
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
-        return {**GRIDS.get(spec.scale, GRIDS["32x32"]), "context_blocks": 3, "lr": 1e-3}
+        return {
+            **GRIDS.get(spec.scale, GRIDS["32x32"]),
+            "directions": 4,
+            "context_blocks": 3,
+            "lr": 1e-3,
+        }
 
     def __init__(
         self,
@@ -108,6 +119,7 @@ class CPC(SelfSupervisedMethod):
         patch_size: int,
         patch_stride: int,
         prediction_steps: int,
+        directions: int,
         context_blocks: int,
         lr: float,
     ) -> None:
@@ -119,10 +131,17 @@ class CPC(SelfSupervisedMethod):
             raise ValueError(f"prediction_steps must be in 1..{grid_rows - 1}")
         self.patch_size, self.patch_stride = patch_size, patch_stride
         self.prediction_steps = prediction_steps
+        if directions not in (1, 2, 4):
+            raise ValueError(f"cpc.directions must be 1, 2 or 4, got {directions}")
         dim = self.encoder.feature_dim
-        self.context = ContextNetwork(dim, context_blocks)
-        # W_k, k = 1..K, as one 1x1 convolution with K d outputs
-        self.predictors = nn.Conv2d(dim, prediction_steps * dim, 1)
+        # one context network and one set of W_k per direction; W_k, k = 1..K, as one 1x1
+        # convolution with K d outputs
+        self.contexts = nn.ModuleList(
+            ContextNetwork(dim, context_blocks) for _ in range(directions)
+        )
+        self.predictors = nn.ModuleList(
+            nn.Conv2d(dim, prediction_steps * dim, 1) for _ in range(directions)
+        )
         self.add_optimizer("adam", torch.optim.Adam(self.parameters(), lr=lr))
 
     def patch_embeddings(self, x: Tensor) -> Tensor:
@@ -133,9 +152,20 @@ class CPC(SelfSupervisedMethod):
         return z.view(b, gh, gw, -1).permute(0, 3, 1, 2)
 
     def prediction_loss(self, z: Tensor) -> Tensor:
-        """z (B, d, G, G) patch embeddings -> mean over k = 1..K of the InfoNCE loss L_k."""
+        """z (B, d, G, G) patch embeddings -> the InfoNCE loss averaged over offsets k and
+        directions (the grid turned so that each direction runs down the rows)."""
+        losses = [
+            self.direction_loss(torch.rot90(z, turns, dims=(2, 3)), context, predictors)
+            for turns, context, predictors in zip(
+                QUARTER_TURNS, self.contexts, self.predictors, strict=False
+            )
+        ]
+        return torch.stack(losses).mean()
+
+    def direction_loss(self, z: Tensor, context: nn.Module, predictors: nn.Module) -> Tensor:
+        """Top-to-bottom predictions on z (B, d, G, G): mean over k = 1..K of L_k."""
         d = z.shape[1]
-        predictions = self.predictors(self.context(z))  # (B, K d, G, G)
+        predictions = predictors(context(z))  # (B, K d, G, G)
         losses = []
         for k in range(1, self.prediction_steps + 1):
             # context rows 0..G-1-k predict the embeddings k rows below

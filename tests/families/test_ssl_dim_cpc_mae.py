@@ -91,9 +91,7 @@ def test_dim_infonce_option_trains() -> None:
 # -- CPC ---------------------------------------------------------------------------------------
 
 
-@pytest.mark.parametrize(
-    ("spec", "grid", "patch", "stride"), [(MNIST, 4, 8, 6), (DIGITS, 3, 4, 2)]
-)
+@pytest.mark.parametrize(("spec", "grid", "patch", "stride"), [(MNIST, 4, 8, 6), (DIGITS, 3, 4, 2)])
 def test_cpc_default_patch_grid_shape_and_overlap(
     spec: DataSpec, grid: int, patch: int, stride: int
 ) -> None:
@@ -137,28 +135,36 @@ def test_cpc_context_gradient_reaches_rows_above_only() -> None:
     assert (per_row[: row + 1] > 0).all()  # three blocks reach three rows up
 
 
-def test_cpc_prediction_loss_matches_a_loop_over_pairs() -> None:
-    """L_k = -mean_p log softmax_q(W_k c_p . z_q)[p], q over every target at offset k."""
-    torch.manual_seed(0)
-    method = METHODS.get("cpc").build(DIGITS)  # 3x3 grid, K = 2
-    z = torch.randn(2, 128, 3, 3)
+def _loop_loss(z: Tensor, context, predictors, steps: int) -> float:
+    """L = mean_k L_k, L_k = -mean_p log softmax_q(W_k c_p . z_q)[p], q over every target
+    at offset k in the batch, by explicit loops over (image, row, column)."""
+    b, d, g, _ = z.shape
     with torch.no_grad():
-        c = method.context(z)
-    weight = method.predictors.weight[:, :, 0, 0]  # (K d, d)
-    bias = method.predictors.bias
+        c = context(z)
+    weight, bias = predictors.weight[:, :, 0, 0], predictors.bias  # (K d, d), (K d,)
     losses = []
-    for k in (1, 2):
-        w, b = weight[(k - 1) * 128 : k * 128], bias[(k - 1) * 128 : k * 128]
-        sources = [(n, i, j) for n in range(2) for i in range(3 - k) for j in range(3)]
+    for k in range(1, steps + 1):
+        w, w_bias = weight[(k - 1) * d : k * d], bias[(k - 1) * d : k * d]
+        sources = [(n, i, j) for n in range(b) for i in range(g - k) for j in range(g)]
         total = 0.0
         for n, i, j in sources:
-            pred = w @ c[n, :, i, j] + b
+            pred = w @ c[n, :, i, j] + w_bias
             logits = torch.stack([pred @ z[m, :, u + k, v] for m, u, v in sources])
             total += -F.log_softmax(logits.detach(), 0)[sources.index((n, i, j))].item()
         losses.append(total / len(sources))
+    return sum(losses) / steps
+
+
+def test_cpc_prediction_loss_matches_a_loop_over_pairs() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("cpc").build(DIGITS, {"directions": 2})  # 3x3 grid, K = 2
+    z = torch.randn(2, 128, 3, 3)
+    top_down = _loop_loss(z, method.contexts[0], method.predictors[0], 2)
+    # the second direction predicts bottom-up: the same computation on the turned grid
+    bottom_up = _loop_loss(z.flip(2, 3), method.contexts[1], method.predictors[1], 2)
     with torch.no_grad():
         loss = method.prediction_loss(z).item()
-    assert loss == pytest.approx(sum(losses) / 2, rel=1e-4)
+    assert loss == pytest.approx((top_down + bottom_up) / 2, rel=1e-4)
 
 
 def test_cpc_encode_mean_pools_the_patch_embeddings() -> None:
