@@ -17,13 +17,22 @@ Recognition with Contrastive Predictive Coding", CPC v2).
       L_k = -E_p[log exp(zhat_p . z_p) / sum_q exp(zhat_p . z_q)],
   q running over all the targets of offset k in the batch (other locations of the same image
   and all locations of the other images: the negatives of CPC v2); L = mean_k L_k.
+- Directions (CPC v2, "predicting lengths and directions"): ``directions`` = 4 (default)
+  predicts top-down, bottom-up, left-to-right and right-to-left, 2 only the first two (about
+  half the training cost: `--set cpc.directions=2`); each direction turns the grid
+  so that it runs down the rows and has its own context network and W_k; the loss is the
+  mean over directions. ``directions=1`` is CPC v1's top-down only.
 
 The representation (``encode``, the papers' linear evaluation): the patch encoder's
 embeddings mean-pooled over the grid, (B, feature_dim).
 Departures: the shared encoder keeps its batch normalisation (CPC v2 replaces it with layer
 normalisation because batch statistics can leak information between patches; with 64 images
 per batch, each patch's statistics are shared by thousands of others); no patch-level
-augmentation (CPC v2's colour dropping and spatial jitter); a two-block context network.
+augmentation (CPC v2's colour dropping and spatial jitter); a small context network (three
+bottleneck blocks of row-causal 2x3 convolutions); on 28x28 a 4x4 grid of 8x8 patches with a
+2-pixel overlap rather than the papers' half overlap (a 6x6 grid, stride 4, is ``--set
+cpc.patch_stride=4``): the patch encoder runs once per patch, and 36 patches per image cost
+about 3x the quick budget's time on a CPU.
 """
 
 from __future__ import annotations
