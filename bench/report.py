@@ -2,11 +2,21 @@
 dataset. Mean and standard deviation over seeds, a 95% confidence interval (Student t) in the
 CSV, arrows for each metric's direction, "n/a" where a method lacks the capability, and
 "<=" before bits/dim that are bounds.
+
+Result files are input like any other: :func:`load_results` validates each (types, and that
+its fields agree with where it lies) and skips a bad one with a warning naming its path, so
+one corrupt file costs one row, not the report; a table never mixes datasets or protocol
+versions. Every string from a result that reaches HTML is escaped, and every file name made
+from one is a slug, so a method called ``<img onerror=...>`` or ``../../x`` is only text.
 """
 
 from __future__ import annotations
 
+import hashlib
+import html
+import logging
 import math
+import re
 from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
@@ -15,7 +25,9 @@ import pandas as pd
 from scipy import stats
 
 from bench.errors import GenbenchError
-from bench.results import RunResult, find_results, load_result
+from bench.results import STATUSES, RunResult, find_results, load_result, write_text_atomic
+
+log = logging.getLogger(__name__)
 
 #: metric -> (column title, direction: "higher" | "lower" | None, decimals)
 METRICS: dict[str, tuple[str, str | None, int]] = {
@@ -34,6 +46,8 @@ METRICS: dict[str, tuple[str, str | None, int]] = {
 }
 ARROWS = {"higher": " ↑", "lower": " ↓", None: ""}
 FIDELITY = ("fid", "kid", "precision", "recall", "sample_acc")
+#: numeric fields of metrics.throughput that tables read
+THROUGHPUT = ("train_images_per_s", "sample_images_per_s", "nfe", "params", "peak_memory_mb")
 
 
 def metric_base(column: str) -> str:
@@ -92,11 +106,165 @@ def flatten(result: RunResult) -> dict[str, Any]:
     return row
 
 
+def _number_problem(value: Any, where: str, allow_none: bool = True) -> str | None:
+    """A metric value must be a finite int or float (null: not computable), never a bool,
+    a string or a list: anything else would be averaged into a table or crash it."""
+    if value is None and allow_none:
+        return None
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return f"{where} must be a number, got {type(value).__name__} {str(value)[:40]!r}"
+    if not math.isfinite(value):
+        return f"{where} must be finite, got {value!r}"
+    return None
+
+
+def _scores_problem(scores: Any, where: str, keys: tuple[str, ...]) -> str | None:
+    if not isinstance(scores, dict):
+        return f"{where} must be an object"
+    for key in keys:
+        problem = _number_problem(scores.get(key), f"{where}.{key}")
+        if problem:
+            return problem
+    return None
+
+
+def _fidelity_problem(scores: Any, where: str) -> str | None:
+    problem = _scores_problem(scores, where, (*FIDELITY, "kid_std", "sample_images_per_s", "nfe"))
+    if problem:
+        return problem
+    settings = scores.get("settings")
+    if not isinstance(settings, dict) or not isinstance(settings.get("extractor"), str):
+        return f"{where}.settings.extractor must be a string"
+    variant = scores.get("variant", {})
+    if not isinstance(variant, dict) or not all(
+        isinstance(v, (str, int, float, bool)) or v is None for v in variant.values()
+    ):
+        return f"{where}.variant must be an object of plain values"
+    return None
+
+
+def _likelihood_problem(scores: Any, where: str) -> str | None:
+    problem = _scores_problem(scores, where, ("bpd",))
+    if problem:
+        return problem
+    if not isinstance(scores.get("is_bound", False), bool):
+        return f"{where}.is_bound must be true or false"
+    variant = scores.get("variant", {})
+    if not isinstance(variant, dict):
+        return f"{where}.variant must be an object"
+    return None
+
+
+def _list_problem(items: Any, where: str, check: Any) -> str | None:
+    if not isinstance(items, list):
+        return f"{where} must be a list"
+    for index, item in enumerate(items):
+        problem = check(item, f"{where}[{index}]")
+        if problem:
+            return problem
+    return None
+
+
+def validate_result(result: RunResult) -> str | None:
+    """What is wrong with a loaded result's types, or None: the one place that knows which
+    fields the report and the gate read, and what type each must have."""
+    for name in ("method", "dataset"):
+        value = getattr(result, name)
+        if not isinstance(value, str) or not value:
+            return f"{name} must be a non-empty string"
+    protocol = result.protocol
+    if not isinstance(protocol, dict) or not isinstance(protocol.get("name"), str):
+        return "protocol must be an object with a string name"
+    version = protocol.get("version", 0)
+    if isinstance(version, bool) or not isinstance(version, int):
+        return f"protocol.version must be an integer, got {version!r}"
+    if isinstance(result.seed, bool) or not isinstance(result.seed, int):
+        return f"seed must be an integer, got {result.seed!r}"
+    if result.status not in STATUSES:
+        return f"status must be one of {', '.join(STATUSES)}"
+    step = result.diverged_at_step
+    if step is not None and (isinstance(step, bool) or not isinstance(step, int)):
+        return f"diverged_at_step must be an integer, got {step!r}"
+    if result.error is not None and not isinstance(result.error, str):
+        return "error must be a string"
+    for name in ("metrics", "config", "env"):
+        if not isinstance(getattr(result, name), dict):
+            return f"{name} must be an object"
+    metrics = result.metrics
+    checks: list[tuple[str, Any]] = [
+        ("fidelity", _fidelity_problem),
+        ("likelihood", _likelihood_problem),
+        ("probe", lambda v, w: _scores_problem(v, w, ("linear_acc", "knn_acc"))),
+        ("throughput", lambda v, w: _scores_problem(v, w, THROUGHPUT)),
+        ("fidelity_variants", lambda v, w: _list_problem(v, w, _fidelity_problem)),
+        ("likelihood_variants", lambda v, w: _list_problem(v, w, _likelihood_problem)),
+    ]
+    for key, check in checks:
+        if key in metrics:
+            problem = check(metrics[key], f"metrics.{key}")
+            if problem:
+                return problem
+    return None
+
+
+def location_problem(result: RunResult, path: Path) -> str | None:
+    """Does the result lie where its own fields say, ``<protocol>/<dataset>/<method>/
+    seed-<k>/result.json``? An edited method field must not join another method's seeds."""
+    expected = (result.protocol["name"], result.dataset, result.method, f"seed-{result.seed}")
+    names = ("protocol", "dataset", "method", "seed folder")
+    found = (("",) * 4 + Path(path).absolute().parent.parts)[-4:]
+    for name, want, have in zip(names, expected, found, strict=True):
+        if want != have:
+            return f"its {name} says {want!r} but it lies under {have!r}"
+    return None
+
+
 def load_results(root: Path) -> list[RunResult]:
+    """Every valid result under ``root`` (one dataset and one protocol version): a corrupt,
+    mistyped or misplaced file is skipped with a warning naming its path."""
     paths = find_results(root)
     if not paths:
         raise GenbenchError(f"no result files under {root}")
-    return [load_result(p) for p in paths]
+    results = []
+    for path in paths:
+        try:
+            result = load_result(path)
+        except UnicodeDecodeError as exc:
+            log.warning("skipping result %s: not UTF-8 text (byte %d)", path, exc.start)
+            continue
+        except (GenbenchError, ValueError, TypeError) as exc:  # load_result's own, or bad JSON
+            log.warning("skipping result %s: %s", path, (str(exc).splitlines() or [""])[0][:200])
+            continue
+        problem = validate_result(result) or location_problem(result, path)
+        if problem:
+            log.warning("skipping result %s: %s", path, problem)
+            continue
+        results.append(result)
+    if not results:
+        raise GenbenchError(
+            f"no valid result files under {root}: {len(paths)} found, all skipped (see warnings)"
+        )
+    _one_table(results, root)
+    return results
+
+
+def _one_table(results: list[RunResult], root: Path) -> None:
+    """Seeds of one method are averaged: results of two datasets or protocol versions in one
+    table would be averaged as if they were seeds, so that is an error naming both."""
+    datasets = sorted({r.dataset for r in results})
+    if len(datasets) > 1:
+        raise GenbenchError(
+            f"results under {root} mix datasets {datasets[0]!r} and {datasets[1]!r}; one table "
+            "holds one dataset: point at <runs>/<protocol>/<dataset>"
+        )
+    protocols = sorted({(r.protocol["name"], r.protocol.get("version", 0)) for r in results})
+    if len(protocols) > 1:
+        (name_a, version_a), (name_b, version_b) = protocols[:2]
+        raise GenbenchError(
+            f"results under {root} mix protocol {name_a!r} version {version_a} and {name_b!r} "
+            f"version {version_b}; one table holds one protocol version: re-run the older "
+            "results or point at one protocol's folder"
+        )
 
 
 def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
@@ -218,15 +386,46 @@ def _fmt(value: float, decimals: int) -> str:
     return f"{value:.{decimals}f}"
 
 
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+def file_slug(name: str) -> str:
+    """A file name made from a result's string: only [A-Za-z0-9._-], never starting with a
+    dot, plus a short hash of the original whenever it had to change (so two names that
+    slug alike, or ``a/b`` and ``a_b``, never overwrite each other's file)."""
+    if SAFE_NAME.fullmatch(name) and len(name) <= 100:
+        return name
+    slug = re.sub(r"[^A-Za-z0-9._-]+", "_", name).lstrip(".")[:80] or "_"
+    return f"{slug}-{hashlib.sha256(name.encode('utf-8', 'surrogatepass')).hexdigest()[:8]}"
+
+
+def _md_text(text: str) -> str:
+    """Text for a markdown table cell or caption: HTML escaped (markdown passes raw HTML
+    through), and pipes escaped so a name cannot split the table."""
+    return html.escape(str(text), quote=True).replace("|", "\\|")
+
+
+def html_page(title: str, body: str) -> str:
+    """A complete HTML document: doctype and charset, so the arrows and ± render anywhere."""
+    return (
+        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
+        f"<title>{html.escape(title, quote=True)}</title>\n</head>\n<body>\n"
+        f"<h1>{html.escape(title, quote=True)}</h1>\n{body}\n</body>\n</html>\n"
+    )
+
+
 def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root: Path) -> Path:
     """Aggregate ``results_root/<protocol>/<dataset>`` into ``out_root/<protocol>-<dataset>/``."""
+    for kind, name in (("protocol", protocol), ("dataset", dataset)):
+        if not SAFE_NAME.fullmatch(name):
+            raise GenbenchError(f"{kind} name {name!r} is not a plain name ([A-Za-z0-9._-])")
     source = results_root / protocol / dataset
     results = load_results(source)
     table = aggregate(results)
     versions = sorted({int(r.protocol.get("version", 0)) for r in results})
     folder = out_root / f"{protocol}-{dataset}"
     folder.mkdir(parents=True, exist_ok=True)
-    table.to_csv(folder / "leaderboard.csv", index=False, float_format="%.6g")
+    write_text_atomic(folder / "leaderboard.csv", table.to_csv(index=False, float_format="%.6g"))
     shown = display_table(table)
     header = (
         f"# Leaderboard: protocol `{protocol}` (version {', '.join(map(str, versions))}), "
@@ -237,20 +436,37 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
         "seeds. Throughput is images per second on the device in each result's `env`.\n\n"
     )
     grids = copy_sample_grids(results, folder / "samples")
-    gallery = "".join(f"\n**{method}**\n\n![{method}](samples/{method}.png)\n" for method in grids)
+    gallery = "".join(
+        f"\n**{_md_text(method)}**\n\n![{_md_text(method)}](samples/{file})\n"
+        for method, file in grids
+    )
     if gallery:
         gallery = "\n## Samples (first seed)\n" + gallery
-    (folder / "leaderboard.md").write_text(header + shown.to_markdown(index=False) + "\n" + gallery)
-    html_gallery = "".join(
-        f'<figure><img src="samples/{m}.png" width="160"><figcaption>{m}</figcaption></figure>'
-        for m in grids
+    markdown_table = shown.copy()
+    for column in ("method", "status"):
+        markdown_table[column] = markdown_table[column].map(_md_text)
+    write_text_atomic(
+        folder / "leaderboard.md", header + markdown_table.to_markdown(index=False) + "\n" + gallery
     )
-    (folder / "leaderboard.html").write_text(shown.to_html(index=False, border=0) + html_gallery)
+    html_gallery = "".join(
+        f'<figure><img src="samples/{html.escape(file, quote=True)}" width="160" '
+        f'alt="{html.escape(method, quote=True)}">'
+        f"<figcaption>{html.escape(method, quote=True)}</figcaption></figure>\n"
+        for method, file in grids
+    )
+    body = shown.to_html(index=False, border=0, escape=True)
+    if html_gallery:
+        body += "\n<h2>Samples (first seed)</h2>\n" + html_gallery
+    title = f"Leaderboard: protocol {protocol} (version {', '.join(map(str, versions))}), " + (
+        f"dataset {dataset}"
+    )
+    write_text_atomic(folder / "leaderboard.html", html_page(title, body))
     return folder
 
 
-def copy_sample_grids(results: list[RunResult], target: Path) -> list[str]:
-    """Copy the sample grid of each method's lowest finished seed next to the leaderboard."""
+def copy_sample_grids(results: list[RunResult], target: Path) -> list[tuple[str, str]]:
+    """Copy the sample grid of each method's lowest finished seed next to the leaderboard;
+    returns (method, file name) pairs, the file name a :func:`file_slug` of the method."""
     import shutil
 
     first: dict[str, RunResult] = {}
@@ -260,10 +476,11 @@ def copy_sample_grids(results: list[RunResult], target: Path) -> list[str]:
     copied = []
     for method, result in sorted(first.items()):
         source = result.source_dir / "samples.png" if result.source_dir else None
-        if source is not None and source.exists():
+        if source is not None and source.is_file():
             target.mkdir(parents=True, exist_ok=True)
-            shutil.copyfile(source, target / f"{method}.png")
-            copied.append(method)
+            file = f"{file_slug(method)}.png"
+            shutil.copyfile(source, target / file)
+            copied.append((method, file))
     return copied
 
 

@@ -24,10 +24,13 @@ from pathlib import Path
 from typing import Any
 
 from bench.errors import GenbenchError
+from bench.killpoints import kill_point
 
 SCHEMA_VERSION = 1
 STATUSES = ("ok", "diverged", "failed")
 RESULT_FILE = "result.json"
+#: a failed or diverged re-run of a run that has an ``ok`` result is kept here, beside it
+FAILED_FILE = "result.failed.json"
 
 
 @dataclasses.dataclass
@@ -78,6 +81,7 @@ def write_text_atomic(path: Path, text: str) -> None:
             handle.write(text)
             handle.flush()
             os.fsync(handle.fileno())
+        kill_point("result-write")
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -113,6 +117,42 @@ def write_result(result: RunResult, directory: Path) -> Path:
     return path
 
 
+def record_result(result: RunResult, directory: Path) -> Path:
+    """Write a run's outcome without ever losing a success: a failed or diverged run whose
+    folder already holds an ``ok`` result is written beside it (:data:`FAILED_FILE`) and the
+    ``ok`` result stays; an ``ok`` result replaces the previous one (kept under history/)
+    and retires an earlier failure note."""
+    path = directory / RESULT_FILE
+    if result.status != "ok" and path.exists():
+        try:
+            previous_ok = load_result(path).status == "ok"
+        except GenbenchError:
+            previous_ok = False
+        if previous_ok:
+            target = directory / FAILED_FILE
+            write_json_atomic(target, _finite(result.to_dict()))
+            return target
+    written = write_result(result, directory)
+    failed = directory / FAILED_FILE
+    if result.status == "ok" and failed.exists():
+        history = directory / "history"
+        history.mkdir(exist_ok=True)
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime(failed.stat().st_mtime))
+        os.replace(failed, history / f"failed-{stamp}-{os.getpid()}.json")
+    return written
+
+
+def remove_orphans(directory: Path) -> list[Path]:
+    """Delete temp files left by a writer killed mid-write (``.<name>.*.tmp``). Only the
+    holder of the run's lock calls this, so no live writer owns them."""
+    removed = []
+    if directory.is_dir():
+        for tmp in directory.glob(".*.tmp"):
+            tmp.unlink(missing_ok=True)
+            removed.append(tmp)
+    return removed
+
+
 def _finite(value: Any) -> Any:
     """JSON has no NaN/inf: store them as null (a metric that could not be computed)."""
     if isinstance(value, float) and (value != value or value in (float("inf"), float("-inf"))):
@@ -128,12 +168,12 @@ def load_result(path: Path) -> RunResult:
     """Read a result file of any schema version, validating it."""
     try:
         raw = json.loads(Path(path).read_text())
-    except (OSError, json.JSONDecodeError) as exc:
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
         raise GenbenchError(f"malformed result file {path}: {exc}") from None
     if not isinstance(raw, dict) or "schema_version" not in raw:
         raise GenbenchError(f"malformed result file {path}: no schema_version")
     version = raw["schema_version"]
-    upgrade = _UPGRADES.get(version)
+    upgrade = _UPGRADES.get(version) if isinstance(version, int) else None
     if upgrade is None:
         raise GenbenchError(
             f"result file {path} has schema_version {version!r}; this genbench reads "
@@ -148,10 +188,31 @@ def load_result(path: Path) -> RunResult:
         raise GenbenchError(f"malformed result file {path}: status {raw['status']!r}")
     if not isinstance(raw["metrics"], dict):
         raise GenbenchError(f"malformed result file {path}: metrics must be an object")
+    problem = _type_problem(raw)
+    if problem:
+        raise GenbenchError(f"malformed result file {path}: {problem}")
     known = {f.name for f in dataclasses.fields(RunResult)} - {"source_dir"}
     result = RunResult(**{k: v for k, v in raw.items() if k in known})
     result.source_dir = Path(path).parent
     return result
+
+
+def _type_problem(raw: dict[str, Any]) -> str | None:
+    """The first top-level field of a raw result with the wrong type, described."""
+    for key, kind in (("method", str), ("dataset", str), ("protocol", dict), ("config", dict)):
+        if not isinstance(raw.get(key), kind):
+            return f"{key} must be a {'string' if kind is str else 'JSON object'}"
+    if not isinstance(raw.get("env"), dict):
+        return "env must be a JSON object"
+    seed = raw.get("seed")
+    if not isinstance(seed, int) or isinstance(seed, bool):
+        return f"seed must be an integer, got {seed!r}"
+    step = raw.get("diverged_at_step")
+    if step is not None and (not isinstance(step, int) or isinstance(step, bool)):
+        return "diverged_at_step must be an integer"
+    if raw.get("error") is not None and not isinstance(raw["error"], str):
+        return "error must be a string"
+    return None
 
 
 def _v1(raw: dict[str, Any]) -> dict[str, Any]:

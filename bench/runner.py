@@ -14,6 +14,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import os
 import random
 import time
 import traceback
@@ -28,18 +29,36 @@ from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
 from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Method
 from bench.metrics import fidelity, likelihood, probe, throughput
-from bench.metrics.extractors import DOMAIN_EXTRACTORS, default_extractor
+from bench.metrics.extractors import (
+    DOMAIN_EXTRACTORS,
+    default_extractor,
+    sha256_file,
+    validate_extractor,
+)
 from bench.protocol import Protocol, load_protocol
 from bench.registry import EXTRACTORS, METHODS
+from bench.killpoints import kill_point
+from bench.locks import RunLock
+from bench.metrics.throughput import MemoryMonitor
 from bench.results import (
     RESULT_FILE,
     RunResult,
     environment,
     load_result,
+    record_result,
+    remove_orphans,
     run_dir,
-    write_result,
+    write_json_atomic,
 )
-from bench.train import CHECKPOINT_FILE, Diverged, autocast, train
+from bench.train import (
+    CHECKPOINT_FILE,
+    Diverged,
+    Heartbeat,
+    autocast,
+    check_checkpoint_owner,
+    load_checkpoint,
+    train,
+)
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +89,7 @@ class Study:
     device: torch.device
     precision: str = "fp32"
     feature_weights: str | None = None
+    feature_weights_sha: str | None = None
 
 
 def resolve_device(name: str) -> torch.device:
@@ -152,11 +172,17 @@ def plan_study(
     if precision not in ("fp32", "bf16"):
         raise GenbenchError(f"unknown precision {precision!r}. Valid precisions: bf16, fp32")
     torch_device = resolve_device(device)
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise GenbenchError(f"--out {out} is a file, not a folder for results")
+    for parent in out.parents:  # a file in the way of the results folder
+        if parent.exists() and not parent.is_dir():
+            raise GenbenchError(f"--out {out}: {parent} is a file, not a folder")
     data = load_dataset(protocol.dataset, data_root, download)
     extractor = extractor or default_extractor(protocol.dataset)
     EXTRACTORS.get(extractor)
-    if feature_weights and not Path(feature_weights).exists():
-        raise GenbenchError(f"--feature-weights {feature_weights} does not exist")
+    validate_extractor(extractor, protocol.dataset, feature_weights)
+    weights_sha = sha256_file(Path(feature_weights)) if feature_weights else None
     runs = []
     resolved: dict[str, dict[str, Any]] = {}
     # methods that reuse another's weights go after every method they could depend on
@@ -164,6 +190,7 @@ def plan_study(
         cls = METHODS.get(name)
         overrides = {**protocol.methods.get(name, {}), **method_sets[name]}
         hparams = cls.resolve_hparams(data.spec, overrides)
+        cls.validate(data.spec, hparams)  # types, ranges and a trial build, before any run
         for seed in seeds if seeds is not None else protocol.seeds:
             spec = RunSpec(name, seed, hparams, protocol, out)
             if cls.weights_from:  # the source's network, whatever it was set to
@@ -171,9 +198,48 @@ def plan_study(
                 if source is None:  # not in this study: it must have been run already
                     source = source_result(spec).config["hparams"]
                 spec.hparams = {**hparams, **{k: v for k, v in source.items() if k in hparams}}
+            check_run_folder(spec)
             runs.append(spec)
         resolved[name] = hparams
-    return Study(protocol, data, runs, extractor, torch_device, precision, feature_weights)
+    return Study(
+        protocol, data, runs, extractor, torch_device, precision, feature_weights, weights_sha
+    )
+
+
+def run_identity(spec: RunSpec) -> dict[str, Any]:
+    """The run a checkpoint or result in ``spec``'s folder must name."""
+    return {
+        "method": spec.method,
+        "dataset": spec.protocol.dataset,
+        "protocol": spec.protocol.name,
+        "seed": spec.seed,
+    }
+
+
+def check_run_folder(spec: RunSpec) -> None:
+    """Refuse, before any run starts, a run folder holding another run's checkpoint or
+    result (copied or edited by hand): one line, nothing touched."""
+    identity = run_identity(spec)
+    check_checkpoint_owner(spec.directory / CHECKPOINT_FILE, identity)
+    path = spec.directory / RESULT_FILE
+    if not path.exists():
+        return
+    try:
+        result = load_result(path)
+    except GenbenchError:
+        return  # unreadable: re-run, and the old file is kept under history/
+    found = {
+        "method": result.method,
+        "dataset": result.dataset,
+        "protocol": result.protocol.get("name") if isinstance(result.protocol, dict) else None,
+        "seed": result.seed,
+    }
+    if found != identity:
+        theirs = ", ".join(f"{k} {v!r}" for k, v in found.items())
+        raise GenbenchError(
+            f"result {path} belongs to another run ({theirs}); move it away to run "
+            f"{spec.method} seed {spec.seed} here"
+        )
 
 
 def source_spec(spec: RunSpec) -> RunSpec:
@@ -200,46 +266,93 @@ def source_result(spec: RunSpec) -> RunResult:
 
 def load_source_weights(method: Method, spec: RunSpec, device: torch.device) -> None:
     """Load the final weights (the EMA when the source keeps one) of ``spec``'s source."""
-    state = torch.load(
-        source_spec(spec).directory / CHECKPOINT_FILE, map_location=device, weights_only=False
-    )
+    source = source_spec(spec)
+    identity = run_identity(source)
+    state = load_checkpoint(source.directory / CHECKPOINT_FILE, device, identity)
+    if state is None:
+        raise GenbenchError(f"the checkpoint of {source.method} at {source.directory} is unusable")
     weights = dict(state["method"]["module"])
     weights.update(state.get("ema") or {})  # the loop evaluates the EMA: so do we
     method.load_state_dict(weights)
 
 
-def run_config(spec: RunSpec, study: Study) -> dict[str, Any]:
-    config: dict[str, Any] = {}
-    if METHODS.get(spec.method).weights_from:
-        # a re-trained source makes this run stale: its config hash is part of ours
-        source = source_spec(spec)
-        path = source.directory / RESULT_FILE
-        source_hash = load_result(path).config.get("hash") if path.exists() else None
-        config["weights_from"] = {"method": source.method, "config_hash": source_hash}
-    return {
-        **config,
-        "protocol": spec.protocol.to_dict(),
-        "method": spec.method,
-        "hparams": spec.hparams,
-        "seed": spec.seed,
+def train_config(spec: RunSpec, study: Study) -> dict[str, Any]:
+    """What the trained weights depend on, and nothing else: the resume key of a checkpoint.
+    An evaluation-only change (another extractor, probe or FID setting) keeps the checkpoint."""
+    protocol = spec.protocol
+    train_settings = dataclasses.asdict(protocol.train)
+    for key in NOT_HASHED_TRAIN:
+        train_settings.pop(key, None)
+    config: dict[str, Any] = {
+        "protocol": {"name": protocol.name, "version": protocol.version, "train": train_settings},
         "dataset": {
             "name": study.data.spec.name,
             "source": study.data.source,
             "fingerprint": study.data.fingerprint(),
         },
-        "extractor": study.extractor,
+        "method": spec.method,
+        "hparams": spec.hparams,
+        "seed": spec.seed,
         "precision": study.precision,
     }
+    if METHODS.get(spec.method).weights_from:
+        # a re-trained source makes this run stale: its config hash is part of ours
+        source = source_spec(spec)
+        path = source.directory / RESULT_FILE
+        source_hash = None
+        if path.exists():
+            try:
+                source_hash = load_result(path).config.get("hash")
+            except GenbenchError:
+                source_hash = None
+        config["weights_from"] = {"method": source.method, "config_hash": source_hash}
+    return config
+
+
+#: train settings that change no number of a result (only when checkpoints are written)
+NOT_HASHED_TRAIN = ("checkpoint_every_images",)
+
+
+def run_config(spec: RunSpec, study: Study) -> dict[str, Any]:
+    """Everything a result depends on: the training configuration plus the evaluation
+    settings, the extractor and its weights. Descriptions, changelogs and other methods'
+    overrides are not part of it, so editing one method's ``[methods.X]`` re-runs X only."""
+    config = train_config(spec, study)
+    protocol = dict(config["protocol"])
+    protocol["train"] = dataclasses.asdict(spec.protocol.train)
+    protocol["eval"] = dataclasses.asdict(spec.protocol.eval)
+    protocol["dataset"] = spec.protocol.dataset
+    config["protocol"] = protocol
+    config["extractor"] = study.extractor
+    if study.feature_weights:
+        config["feature_weights_sha256"] = study.feature_weights_sha
+    config["train_hash"] = config_hash(train_config(spec, study))
+    return config
 
 
 def config_hash(config: dict[str, Any]) -> str:
-    return hashlib.sha256(json.dumps(config, sort_keys=True, default=str).encode()).hexdigest()
+    """sha256 of a configuration, ignoring fields that are only bookkeeping."""
+    hashed = {k: v for k, v in config.items() if k not in ("hash",)}
+    protocol = hashed.get("protocol")
+    if isinstance(protocol, dict) and isinstance(protocol.get("train"), dict):
+        train_settings = {
+            k: v for k, v in protocol["train"].items() if k not in NOT_HASHED_TRAIN
+        }
+        hashed["protocol"] = {**protocol, "train": train_settings}
+    return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
 
 
 def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
+
+
+def section_seed(seed: int, section: str) -> int:
+    """The seed of one evaluation section: a function of (run seed, section) only, so a
+    resumed evaluation that skips finished sections draws what an uninterrupted one draws."""
+    digest = hashlib.sha256(f"{seed}:{section}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
 
 
 def is_finished(spec: RunSpec, digest: str) -> bool:
@@ -253,24 +366,132 @@ def is_finished(spec: RunSpec, digest: str) -> bool:
     return previous.status == "ok" and previous.config.get("hash") == digest
 
 
+class _Held:
+    """Marker: the run is claimed by another live process."""
+
+
+HELD = _Held()
+#: seconds between two looks at runs held by other processes
+WAIT_POLL_S = float(os.environ.get("GENBENCH_WAIT_POLL_SECONDS", "2"))
+
+
 def run_study(study: Study, force: bool = False) -> list[RunResult]:
-    results = []
-    for spec in study.runs:
-        config = run_config(spec, study)
-        digest = config_hash(config)
-        if not force and is_finished(spec, digest):
-            log.info("%s seed %d: finished already, skipped", spec.method, spec.seed)
-            results.append(load_result(spec.directory / RESULT_FILE))
-            continue
-        if force:  # a forced re-run trains from scratch
-            (spec.directory / CHECKPOINT_FILE).unlink(missing_ok=True)
+    """Run every run of the study once. A run claimed by another process (another study on
+    the same ``runs/``) is left to it; once every other run is done, this process waits for
+    the claimed ones and takes over any whose owner died (resuming from its checkpoint)."""
+    results: list[RunResult] = []
+    pending = list(study.runs)
+    total = len(pending)
+    done = 0
+    announced: set[str] = set()
+    while pending:
+        held: list[RunSpec] = []
+        for spec in pending:
+            outcome = run_one(spec, study, force, position=(done + 1, total))
+            if outcome is HELD:
+                held.append(spec)
+                where = str(spec.directory)
+                if where not in announced:
+                    announced.add(where)
+                    log.info(
+                        "%s seed %d: claimed by another process (%s), left to it",
+                        spec.method,
+                        spec.seed,
+                        RunLock(spec.directory).describe_owner(),
+                    )
+                continue
+            done += 1
+            if isinstance(outcome, RunResult):
+                results.append(outcome)
+        if held and len(held) == len(pending):
+            time.sleep(WAIT_POLL_S)
+        pending = held
+    return results
+
+
+def _claim(lock: RunLock) -> bool:
+    """Rank 0 claims the run; every rank of a distributed run gets its answer."""
+    info = distributed.current()
+    claimed = lock.acquire() if info.is_main else False
+    if info.enabled:
+        flag = torch.tensor([1 if claimed else 0], dtype=torch.int64)
+        torch.distributed.broadcast(flag, src=0)
+        claimed = bool(flag.item())
+    return claimed
+
+
+def run_one(
+    spec: RunSpec, study: Study, force: bool = False, position: tuple[int, int] = (1, 1)
+) -> RunResult | _Held | None:
+    """One run under its lock: the finished result, the new result, HELD when another
+    process owns the run (or the run whose weights it needs), None on non-zero ranks."""
+    config = run_config(spec, study)
+    digest = config_hash(config)
+    if not force and is_finished(spec, digest):
+        log.info("%s seed %d: finished already, skipped", spec.method, spec.seed)
+        return load_result(spec.directory / RESULT_FILE)
+    cls = METHODS.get(spec.method)
+    if cls.weights_from and RunLock(source_spec(spec).directory).held_by_other():
+        return HELD  # its source is being trained by another process: wait for it
+    lock = RunLock(spec.directory)
+    if not _claim(lock):
+        return HELD
+    try:
+        if cls.weights_from:  # the source may have finished meanwhile: its hash is ours
+            config = run_config(spec, study)
+            digest = config_hash(config)
+        if not force and is_finished(spec, digest):  # finished while we waited for it
+            log.info("%s seed %d: finished by another process", spec.method, spec.seed)
+            return load_result(spec.directory / RESULT_FILE)
+        if distributed.current().is_main:
+            remove_orphans(spec.directory)
+            if force:  # a forced re-run trains and evaluates from scratch
+                (spec.directory / CHECKPOINT_FILE).unlink(missing_ok=True)
+                (spec.directory / EVAL_STATE_FILE).unlink(missing_ok=True)
+        log.info(
+            "run %d/%d start: %s seed %d, %s images, -> %s",
+            *position,
+            spec.method,
+            spec.seed,
+            f"{spec.protocol.train.budget_images:,}" if cls.trainable else "no training",
+            spec.directory,
+        )
         result = execute_run(spec, study, config, digest)
         if result is None or not distributed.current().is_main:
-            continue  # a non-zero rank of a distributed run: rank 0 writes
-        write_result(result, spec.directory)
-        log.info("%s seed %d: %s -> %s", spec.method, spec.seed, result.status, spec.directory)
-        results.append(result)
-    return results
+            return None  # a non-zero rank of a distributed run: rank 0 writes
+        written = record_result(result, spec.directory)
+        if result.status == "ok":
+            (spec.directory / EVAL_STATE_FILE).unlink(missing_ok=True)
+        log.info("run %d/%d end: %s -> %s", *position, summary_line(result), written)
+        return result
+    finally:
+        lock.release()
+
+
+def summary_line(result: RunResult) -> str:
+    """method, seed, status, images, wall time and the headline metrics, on one line."""
+    env, metrics = result.env, result.metrics
+    parts = [f"{result.method} seed {result.seed}: {result.status}"]
+    speed = metrics.get("throughput", {})
+    if speed.get("train_images_seen"):
+        parts.append(f"{speed['train_images_seen']:,} images")
+    wall = env.get("wall_time_s")
+    if wall is not None:
+        split = ""
+        if env.get("train_wall_s") is not None and env.get("eval_wall_s") is not None:
+            split = f" (train {env['train_wall_s']:.1f} s, eval {env['eval_wall_s']:.1f} s)"
+        parts.append(f"{wall:.1f} s{split}")
+    headline = []
+    fid = metrics.get("fidelity", {})
+    if fid.get("fid") is not None:
+        headline.append(f"fid={fid['fid']:.2f}")
+    if metrics.get("likelihood", {}).get("bpd") is not None:
+        headline.append(f"bpd={metrics['likelihood']['bpd']:.3f}")
+    if metrics.get("probe", {}).get("linear_acc") is not None:
+        headline.append(f"linear_acc={metrics['probe']['linear_acc']:.3f}")
+    if result.error:
+        headline.append(f"error: {result.error}")
+    return ", ".join(parts) + (": " + " ".join(headline) if headline else "")
 
 
 def execute_run(
@@ -284,9 +505,12 @@ def execute_run(
     dist_info = distributed.current()
     env["world_size"] = dist_info.world_size
     config = {**config, "hash": digest}
+    timings: dict[str, float] = {}
 
     def result(status: str, metrics: dict[str, Any], **extra: Any) -> RunResult:
         env["wall_time_s"] = round(time.perf_counter() - started, 3)
+        for key, value in timings.items():
+            env[key] = round(value, 3)
         return RunResult(
             spec.method,
             data.spec.name,
@@ -301,35 +525,42 @@ def execute_run(
 
     seed_everything(spec.seed)
     torch.use_deterministic_algorithms(True, warn_only=True)
+    identity = run_identity(spec)
     try:
-        method: Method = METHODS.get(spec.method).build(data.spec, spec.hparams).to(device)
-        method.prepare(data.images("train"), data.labels("train"), data.images("test"))
-        if method.weights_from:
-            source_result(spec)
-            load_source_weights(method, spec, device)
-        if dist_info.enabled:
-            distributed.broadcast_module(method)
-            distributed.attach_gradient_averaging(method.optimizers)
-            if dist_info.rank:  # the same weights, but each rank its own noise
-                torch.manual_seed(spec.seed * 7919 + dist_info.rank)
-        outcome = None
-        if method.trainable and spec.protocol.train.budget_images > 0:
-            outcome = train(
-                method,
-                data.images("train"),
-                data.labels("train"),
-                spec.protocol.train,
-                spec.seed,
-                device,
-                spec.directory,
-                study.precision,
-                f"{spec.method}/seed-{spec.seed}",
-                digest,
-            )
-        method.eval()
-        metrics = evaluate(method, spec, study, outcome)
+        with MemoryMonitor(device) as memory:
+            method: Method = METHODS.get(spec.method).build(data.spec, spec.hparams).to(device)
+            method.prepare(data.images("train"), data.labels("train"), data.images("test"))
+            if method.weights_from:
+                source_result(spec)
+                load_source_weights(method, spec, device)
+            if dist_info.enabled:
+                distributed.broadcast_module(method)
+                distributed.attach_gradient_averaging(method.optimizers)
+                if dist_info.rank:  # the same weights, but each rank its own noise
+                    torch.manual_seed(spec.seed * 7919 + dist_info.rank)
+            outcome = None
+            if method.trainable and spec.protocol.train.budget_images > 0:
+                outcome = train(
+                    method,
+                    data.images("train"),
+                    data.labels("train"),
+                    spec.protocol.train,
+                    spec.seed,
+                    device,
+                    spec.directory,
+                    study.precision,
+                    f"{spec.method}/seed-{spec.seed}",
+                    config["train_hash"],
+                    identity,
+                )
+            timings["train_wall_s"] = time.perf_counter() - started
+            method.eval()
+            metrics = evaluate(method, spec, study, outcome, digest)
+            timings["eval_wall_s"] = time.perf_counter() - started - timings["train_wall_s"]
         if metrics is None:
             return None
+        metrics["throughput"]["peak_memory_mb"] = memory.peak_mb
+        metrics["throughput"]["peak_memory_kind"] = memory.kind
     except Diverged as exc:
         log.warning("%s seed %d diverged: %s", spec.method, spec.seed, exc)
         return result("diverged", {}, diverged_at_step=exc.step, error=str(exc))
@@ -342,31 +573,87 @@ def execute_run(
     return result("ok", metrics)
 
 
-def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[str, Any] | None:
+EVAL_STATE_FILE = "eval-state.json"
+
+
+class EvalState:
+    """The evaluation sections already scored for one configuration, kept in the run folder
+    so that a run killed during evaluation redoes only what was not yet scored."""
+
+    def __init__(self, directory: Path, digest: str, writer: bool) -> None:
+        self.path = directory / EVAL_STATE_FILE
+        self.digest = digest
+        self.writer = writer
+        self.sections: dict[str, Any] = {}
+        if self.path.exists():
+            try:
+                raw = json.loads(self.path.read_text())
+                if isinstance(raw, dict) and raw.get("config_hash") == digest:
+                    sections = raw.get("sections")
+                    self.sections = sections if isinstance(sections, dict) else {}
+            except (OSError, ValueError):
+                log.warning("unreadable %s ignored: evaluation starts again", self.path)
+
+    def get(self, name: str) -> Any:
+        return self.sections.get(name)
+
+    def put(self, name: str, value: Any) -> None:
+        self.sections[name] = value
+        if self.writer:
+            write_json_atomic(self.path, {"config_hash": self.digest, "sections": self.sections})
+            kill_point("eval-section")
+
+
+def evaluate(
+    method: Method, spec: RunSpec, study: Study, outcome: Any, digest: str = ""
+) -> dict[str, Any] | None:
     """Every evaluator the method has the capability for, plus throughput for all.
 
+    Each section (a likelihood estimator, a sampler variant's fidelity, the probe) is seeded
+    by (run seed, section) and saved to the run folder's eval state when done, so a killed
+    evaluation resumes where it stopped and gives the numbers of an uninterrupted one.
     In a distributed run the likelihood is computed on every rank's shard of the test split
     and reduced across ranks; the rest runs on rank 0 (other ranks get None)."""
     settings, data, device = spec.protocol.eval, study.data, study.device
+    is_main = distributed.current().is_main
+    state = EvalState(spec.directory, digest, writer=is_main and bool(digest))
+    heartbeat = Heartbeat()
+    label = f"{spec.method}/seed-{spec.seed}"
     metrics: dict[str, Any] = {}
+
+    def section(name: str, compute: Any) -> Any:
+        done = state.get(name)
+        if done is not None:
+            log.info("%s: %s already scored, kept", label, name)
+            return done
+        heartbeat.beat("%s: evaluating %s", label, name)
+        seed_everything(section_seed(spec.seed, name))
+        value = compute()
+        if value is not None:
+            state.put(name, value)
+        return value
+
     if LOG_LIKELIHOOD in method.capabilities:
         # The first variant is the method's bits/dim; others (a VAE's ELBO beside its IWAE
         # bound) become rows of their own in the leaderboard, like sampler variants.
         for index, variant in enumerate(method.likelihood_variants()):
-            scores = likelihood.evaluate_likelihood(
-                method,
-                data.images("test"),
-                settings.eval_batch_size,
-                data.spec.dims,
-                data.spec.num_levels,
-                device,
-                variant,
+            scores = section(
+                f"likelihood:{index}",
+                lambda variant=variant: likelihood.evaluate_likelihood(
+                    method,
+                    data.images("test"),
+                    settings.eval_batch_size,
+                    data.spec.dims,
+                    data.spec.num_levels,
+                    device,
+                    variant,
+                ),
             )
             if index == 0:
                 metrics["likelihood"] = scores
             else:
                 metrics.setdefault("likelihood_variants", []).append({**scores, "variant": variant})
-    if not distributed.current().is_main:
+    if not is_main:
         return None
     speed: dict[str, Any] = {
         "device": throughput.device_name(device),
@@ -381,39 +668,54 @@ def evaluate(method: Method, spec: RunSpec, study: Study, outcome: Any) -> dict[
         # The first variant is the method's default sampler (the method's own row); others
         # (step counts, guidance weights) become rows of their own in the leaderboard.
         for index, variant in enumerate(method.sample_variants()):
-            samples, labels, sample_speed = draw_samples(method, spec, study, variant)
-            scores = fidelity.evaluate_samples(
-                samples, data, study.extractor, settings, spec.seed, device, study.feature_weights
-            )
-            scores["settings"]["sampler"] = {**method.sample_settings(), **variant}
-            if labels is not None and study.extractor in DOMAIN_EXTRACTORS:
-                scores["sample_acc"] = fidelity.sample_classifier_accuracy(
-                    samples, labels, data, study.extractor
+
+            def score(index: int = index, variant: dict[str, Any] = variant) -> dict[str, Any]:
+                samples, labels, sample_speed = draw_samples(method, spec, study, variant)
+                scores = fidelity.evaluate_samples(
+                    samples,
+                    data,
+                    study.extractor,
+                    settings,
+                    spec.seed,
+                    device,
+                    study.feature_weights,
                 )
+                scores["settings"]["sampler"] = {**method.sample_settings(), **variant}
+                if labels is not None and study.extractor in DOMAIN_EXTRACTORS:
+                    scores["sample_acc"] = fidelity.sample_classifier_accuracy(
+                        samples, labels, data, study.extractor
+                    )
+                if index == 0:
+                    save_grid(samples[:64], spec.directory / "samples.png")
+                return {"scores": scores, "speed": sample_speed}
+
+            done = section(f"fidelity:{index}", score)
+            scores, sample_speed = dict(done["scores"]), done["speed"]
             if index == 0:
                 metrics["fidelity"] = scores
                 speed.update(sample_speed)
-                save_grid(samples[:64], spec.directory / "samples.png")
             else:
                 scores.update(variant=variant, **sample_speed)
                 metrics.setdefault("fidelity_variants", []).append(scores)
     if ENCODE in caps:
-        metrics["probe"] = probe.evaluate_probe(
-            method,
-            data.images("train"),
-            data.labels("train"),
-            data.images("test"),
-            data.labels("test"),
-            data.spec.num_classes,
-            settings,
-            device,
+        metrics["probe"] = section(
+            "probe",
+            lambda: probe.evaluate_probe(
+                method,
+                data.images("train"),
+                data.labels("train"),
+                data.images("test"),
+                data.labels("test"),
+                data.spec.num_classes,
+                settings,
+                device,
+            ),
         )
     probe_batch = data.images("test")[:8].to(device)
     speed["forward_flops_per_image"] = throughput.forward_flops_per_image(method, probe_batch)
     speed["mfu"] = throughput.mfu(
         speed["forward_flops_per_image"], speed["train_images_per_s"], device, study.precision
     )
-    speed["peak_memory_mb"], speed["peak_memory_kind"] = throughput.peak_memory_mb(device)
     metrics["throughput"] = speed
     return metrics
 
@@ -427,6 +729,9 @@ def draw_samples(
     A class-conditional method gets class-balanced labels (returned with the samples)."""
     settings = spec.protocol.eval
     count = min(settings.fid_samples, len(study.data.levels("train")))
+    cap = getattr(method, "max_samples", None)  # e.g. the real-data row: its test split
+    if cap is not None:
+        count = min(count, int(cap))
     generator = torch.Generator(device=study.device).manual_seed(spec.seed)
     labels = None
     if method.class_conditional:

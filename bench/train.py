@@ -1,6 +1,23 @@
 """The one training loop: a budget in images seen, seeded batches, EMA, checkpoints, resume,
 divergence detection and throughput timing. Every method trains here; a method only says
 what one step does (``Method.train_step``).
+
+Checkpoints are what make a study survive ``kill -9``:
+
+- one is written every ``checkpoint_every_images`` images (when the protocol sets it) and at
+  least every :data:`CHECKPOINT_EVERY_S` seconds of training (whatever the protocol), and
+  at the end; a write goes to a temp file that is fsynced and renamed, so a kill while
+  writing leaves the previous checkpoint intact;
+- they hold tensors and plain containers only and are read with
+  ``torch.load(..., weights_only=True)``: a file that needs anything else (a pickle that would
+  run code, a truncated file) is refused, moved aside as ``checkpoint.pt.corrupt-*`` and the
+  run starts again from scratch; nothing in it is executed;
+- each names the run it belongs to (method, dataset, protocol, seed): a checkpoint of another
+  run is refused with one line; one of the same run with other training settings (another
+  ``resume_key``) is ignored and replaced.
+
+Without a terminal (CI, ``nohup``, a redirected log) the loop logs a heartbeat line at most
+every :data:`HEARTBEAT_S` seconds instead of drawing a progress bar.
 """
 
 from __future__ import annotations
@@ -10,6 +27,7 @@ import logging
 import math
 import os
 import sys
+import time
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -20,12 +38,18 @@ from tqdm import tqdm
 
 from bench import distributed
 from bench.errors import GenbenchError
+from bench.killpoints import kill_point
 from bench.method import Batch, Method
 from bench.metrics.throughput import StepTimer
 from bench.protocol import TrainSettings
 
 log = logging.getLogger(__name__)
 CHECKPOINT_FILE = "checkpoint.pt"
+#: seconds of training between two checkpoints when the protocol sets no image cadence
+#: (override with GENBENCH_CHECKPOINT_SECONDS; measured cost below 1% of a quick run)
+CHECKPOINT_EVERY_S = float(os.environ.get("GENBENCH_CHECKPOINT_SECONDS", "60"))
+#: seconds between two progress lines in logs without a terminal
+HEARTBEAT_S = float(os.environ.get("GENBENCH_HEARTBEAT_SECONDS", "30"))
 
 
 class Diverged(Exception):
@@ -93,6 +117,88 @@ def progress_enabled() -> bool:
     return sys.stderr.isatty() and not os.environ.get("CI")
 
 
+class Heartbeat:
+    """A log line at most every ``every`` seconds, where there is no progress bar."""
+
+    def __init__(self, every: float = HEARTBEAT_S, enabled: bool | None = None) -> None:
+        self.every = every
+        self.enabled = (not progress_enabled()) if enabled is None else enabled
+        self.last = time.monotonic()
+
+    def beat(self, message: str, *args: Any) -> None:
+        if not self.enabled:
+            return
+        now = time.monotonic()
+        if now - self.last >= self.every:
+            self.last = now
+            log.info(message, *args)
+
+
+def load_checkpoint(
+    path: Path, device: torch.device | str = "cpu", identity: dict[str, Any] | None = None
+) -> dict[str, Any] | None:
+    """The checkpoint at ``path`` read with ``weights_only=True``, or None when there is none
+    or it is unreadable (truncated, or a pickle that would run code: moved aside, never
+    executed). A checkpoint of another run (``identity`` differs) is refused."""
+    if not path.exists():
+        return None
+    try:
+        state = torch.load(path, map_location=device, weights_only=True)
+        if not isinstance(state, dict) or "method" not in state:
+            raise ValueError("not a genbench checkpoint")
+    except Exception as exc:  # noqa: BLE001 - any unreadable file is set aside, not trusted
+        stamp = time.strftime("%Y%m%dT%H%M%S", time.gmtime())
+        aside = path.with_name(f"{path.name}.corrupt-{stamp}")
+        os.replace(path, aside)
+        reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        log.warning(
+            "unreadable checkpoint %s moved to %s, training from scratch (%s)",
+            path,
+            aside.name,
+            reason[:200],
+        )
+        return None
+    if identity is not None:
+        theirs = state.get("identity")
+        if not isinstance(theirs, dict) or any(
+            theirs.get(k) != v for k, v in identity.items()
+        ):
+            raise GenbenchError(
+                f"checkpoint {path} belongs to another run ({_describe(theirs)}), not "
+                f"{_describe(identity)}; move it away to train this run"
+            )
+    return state
+
+
+def checkpoint_identity(path: Path) -> dict[str, Any] | None:
+    """The run a checkpoint names, read without executing anything; None when it names none
+    or cannot be read (the loop sets such a file aside when the run starts)."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True, mmap=True)
+    except Exception:  # noqa: BLE001 - unreadable: judged (and set aside) by the loop
+        return None
+    identity = state.get("identity") if isinstance(state, dict) else None
+    return identity if isinstance(identity, dict) else None
+
+
+def check_checkpoint_owner(path: Path, identity: dict[str, Any]) -> None:
+    """Refuse, before any run starts, a checkpoint that names another run."""
+    if not path.exists():
+        return
+    theirs = checkpoint_identity(path)
+    if theirs is not None and any(theirs.get(k) != v for k, v in identity.items()):
+        raise GenbenchError(
+            f"checkpoint {path} belongs to another run ({_describe(theirs)}), not "
+            f"{_describe(identity)}; move it away to train this run"
+        )
+
+
+def _describe(identity: Any) -> str:
+    if not isinstance(identity, dict):
+        return "no run named in it"
+    return ", ".join(f"{k} {identity.get(k)!r}" for k in ("method", "dataset", "protocol", "seed"))
+
+
 def train(
     method: Method,
     images: Tensor,
@@ -104,11 +210,14 @@ def train(
     precision: str = "fp32",
     description: str = "",
     resume_key: str = "",
+    identity: dict[str, Any] | None = None,
 ) -> TrainOutcome:
     """Train ``method`` on ``images`` (float, [0, 1]) until ``settings.budget_images``.
 
-    Under torchrun each rank trains on its share of every global batch (see
-    :mod:`bench.distributed`); images seen count the whole global batch."""
+    ``resume_key`` names the training configuration: a checkpoint with another key is not
+    resumed. ``identity`` (method, dataset, protocol, seed) names the run: a checkpoint of
+    another run is refused. Under torchrun each rank trains on its share of every global
+    batch (see :mod:`bench.distributed`); images seen count the whole global batch."""
     budget = settings.budget_images
     dist_info = distributed.current()
     if dist_info.enabled and settings.batch_size % dist_info.world_size:
@@ -120,10 +229,10 @@ def train(
     images_seen, step = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE if run_dir else None
     state = None
-    if checkpoint and checkpoint.exists():
-        state = torch.load(checkpoint, map_location=device, weights_only=False)
-        if state.get("resume_key") != resume_key:  # a checkpoint of another config
-            log.info("%s: ignoring a checkpoint of a different configuration", description)
+    if checkpoint is not None:
+        state = load_checkpoint(checkpoint, device, identity)
+        if state is not None and state.get("resume_key") != resume_key:
+            log.info("%s: ignoring a checkpoint of other training settings", description)
             state = None
     if state is not None:
         method.load_training_state(state["method"])
@@ -139,7 +248,10 @@ def train(
     if state is not None and state.get("timer"):  # throughput of the part before the resume
         timer.images, timer.seconds = state["timer"]["images"], state["timer"]["seconds"]
     next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
+    last_save = time.monotonic()
+    heartbeat = Heartbeat()
     losses: dict[str, float] = {}
+    save = dict(identity=identity, resume_key=resume_key, device=device)
     method.train()
     with tqdm(
         total=budget,
@@ -166,15 +278,28 @@ def train(
                     raise Diverged(step, key, value)
             images_seen += used
             step += 1
+            kill_point("train-step")
             if ema:
                 ema.update(method)
             bar.update(used)
-            due = next_checkpoint and images_seen >= next_checkpoint and images_seen < budget
-            if due and dist_info.is_main:
-                _save(checkpoint, method, ema, images_seen, step, device, resume_key, timer)
+            heartbeat.beat(
+                "%s: %s/%s images, step %d, %s",
+                description,
+                f"{images_seen:,}",
+                f"{budget:,}",
+                step,
+                " ".join(f"{k}={v:.4g}" for k, v in sorted(losses.items())[:4]),
+            )
+            if images_seen >= budget:
+                break
+            due_images = bool(next_checkpoint) and images_seen >= next_checkpoint
+            due_time = time.monotonic() - last_save >= CHECKPOINT_EVERY_S
+            if (due_images or due_time) and dist_info.is_main:
+                _save(checkpoint, method, ema, images_seen, step, timer, **save)
                 next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
+                last_save = time.monotonic()
     if checkpoint is not None and images_seen > resumed_from and dist_info.is_main:
-        _save(checkpoint, method, ema, images_seen, step, device, resume_key, timer)
+        _save(checkpoint, method, ema, images_seen, step, timer, **save)
     if ema:
         ema.copy_to(method)
     distributed.broadcast_module(method)  # rank-local buffers -> rank 0's
@@ -198,13 +323,18 @@ def _save(
     ema: EMA | None,
     images_seen: int,
     step: int,
+    timer: StepTimer,
+    *,
     device: torch.device,
     resume_key: str,
-    timer: StepTimer,
+    identity: dict[str, Any] | None,
 ) -> None:
+    """Write the checkpoint atomically: temp file, fsync, rename (a kill at any point leaves
+    the previous checkpoint or the new one, never half of one)."""
     if path is None:
         return
     state = {
+        "identity": dict(identity or {}),
         "method": method.training_state(),
         "ema": ema.shadow if ema else None,
         "images_seen": images_seen,
@@ -215,6 +345,14 @@ def _save(
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(".tmp")
-    torch.save(state, tmp)
-    os.replace(tmp, path)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    try:
+        with open(tmp, "wb") as handle:
+            torch.save(state, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        kill_point("checkpoint-write")
+        os.replace(tmp, path)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise

@@ -4,7 +4,9 @@ The files are the originals in torchvision's layout under the data root:
 
 - ``MNIST/raw/{train,t10k}-{images-idx3,labels-idx1}-ubyte[.gz]``
 - ``FashionMNIST/raw/`` with the same names
-- ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (pickles)
+- ``cifar-10-batches-py/{data_batch_1..5,test_batch}`` (pickles, read by a restricted
+  unpickler that builds only numpy arrays, lists, dicts and strings: a file under
+  ``--data-root`` can never run code)
 
 When they are absent and download is allowed, torchvision downloads (and checksums) them.
 Reading is done here, straight from the on-disk formats, so that a data root prepared by
@@ -14,6 +16,7 @@ hand (or a tiny fixture) is read exactly like a downloaded one.
 from __future__ import annotations
 
 import gzip
+import io
 import pickle
 import struct
 from pathlib import Path
@@ -129,14 +132,83 @@ def load_fashion_mnist(data_root: Path | None = None, download: bool = True):
     return _load_idx_dataset("fashion-mnist", "FashionMNIST", data_root, download)
 
 
+def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
+    """``_codecs.encode`` as protocol-2 pickles use it to spell bytes; only latin-1, the one
+    encoding those pickles ever ask for, so that the call can do nothing else."""
+    if not isinstance(text, str) or encoding.lower().replace("_", "-") not in ("latin1", "latin-1"):
+        raise pickle.UnpicklingError(
+            f"refusing _codecs.encode({type(text).__name__}, {encoding!r})"
+        )
+    return text.encode("latin-1")
+
+
+def _cifar_globals() -> dict[tuple[str, str], Any]:
+    """The only callables a CIFAR-10 batch needs: numpy's array and dtype reconstruction
+    (under its numpy 1 and numpy 2 module names, protocols 2 to 5) and latin-1 bytes.
+    Taken from numpy's own ``__reduce__`` so that no module path is imported from the file."""
+    reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
+    frombuffer = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]
+    allowed: dict[tuple[str, str], Any] = {
+        ("numpy", "ndarray"): np.ndarray,
+        ("numpy", "dtype"): np.dtype,
+        ("_codecs", "encode"): _latin1_encode,
+        ("codecs", "encode"): _latin1_encode,
+    }
+    for module in ("numpy.core", "numpy._core"):
+        allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
+        allowed[(f"{module}.numeric", "_frombuffer")] = frombuffer
+    return allowed
+
+
+class CifarUnpickler(pickle.Unpickler):
+    """An unpickler that resolves only :func:`_cifar_globals`: anything else (``os.system``,
+    ``builtins.exec``, ``subprocess.Popen``, any class's ``__reduce__``) is refused before it
+    is called, so a malicious batch file fails with one line instead of running code."""
+
+    def __init__(self, handle: io.BufferedIOBase, path: Path) -> None:
+        super().__init__(handle, encoding="latin1")
+        self.path = path
+        self.allowed = _cifar_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        found = self.allowed.get((module, name))
+        if found is None:
+            raise GenbenchError(f"refusing to unpickle {module}.{name} from {self.path}")
+        return found
+
+
+def _batch_field(entry: dict[Any, Any], key: str, path: Path) -> Any:
+    for candidate in (key, key.encode("latin-1")):  # str keys (latin1) or bytes keys
+        if candidate in entry:
+            return entry[candidate]
+    raise GenbenchError(f"{path} is not a CIFAR-10 batch file: no {key!r} entry")
+
+
 def _read_cifar_batch(path: Path) -> tuple[np.ndarray, np.ndarray]:
+    """One batch file -> (images (N, 3, 32, 32) uint8, labels (N,) int64), validated."""
     with open(path, "rb") as handle:
         try:
-            entry = pickle.load(handle, encoding="latin1")
-        except (pickle.UnpicklingError, EOFError, ValueError) as exc:
+            entry = CifarUnpickler(handle, path).load()
+        except (pickle.UnpicklingError, EOFError, ValueError, TypeError, AttributeError) as exc:
             raise GenbenchError(f"{path} is not a CIFAR-10 batch file: {exc}") from None
-    data = np.asarray(entry["data"], dtype=np.uint8).reshape(-1, 3, 32, 32)
-    return data, np.asarray(entry["labels"], dtype=np.int64)
+    if not isinstance(entry, dict):
+        raise GenbenchError(f"{path} is not a CIFAR-10 batch file: holds a {type(entry).__name__}")
+    raw_data, raw_labels = _batch_field(entry, "data", path), _batch_field(entry, "labels", path)
+    if not isinstance(raw_data, np.ndarray) or raw_data.dtype != np.uint8:
+        raise GenbenchError(f"{path} is not a CIFAR-10 batch file: 'data' is not a uint8 array")
+    if raw_data.size % (3 * 32 * 32):
+        raise GenbenchError(f"{path} is not a CIFAR-10 batch file: 'data' is not N x 3072")
+    data = raw_data.reshape(-1, 3, 32, 32)
+    try:
+        labels = np.asarray(raw_labels, dtype=np.int64)
+    except (TypeError, ValueError):
+        raise GenbenchError(f"{path} is not a CIFAR-10 batch file: bad 'labels'") from None
+    if labels.shape != (len(data),) or (labels.size and (labels.min() < 0 or labels.max() > 9)):
+        raise GenbenchError(
+            f"{path} is not a CIFAR-10 batch file: {labels.size} labels in 0..9 expected "
+            f"for {len(data)} images"
+        )
+    return data, labels
 
 
 @register_dataset("cifar10")

@@ -5,14 +5,19 @@ same device and precision (both recorded); across devices compare ratios from on
 Forward FLOPs per image are counted by ``torch.utils.flop_counter`` over the method's
 ``flops_forward`` (its main network on a data batch). Training MFU on a GPU assumes the usual
 3x forward FLOPs for forward + backward against the device's dense peak.
+Peak memory is per run (:class:`MemoryMonitor` around it), not the process's lifetime peak,
+which would give every run of a study the value of its hungriest predecessor.
 """
 
 from __future__ import annotations
 
+import os
 import resource
 import sys
+import threading
 import time
 from collections.abc import Callable
+from types import TracebackType
 from typing import Any
 
 import torch
@@ -80,12 +85,94 @@ def time_call(fn: Callable[[], Any], device: torch.device, repeats: int = 1) -> 
     return (time.perf_counter() - start) / repeats
 
 
-def peak_memory_mb(device: torch.device) -> tuple[float, str]:
-    if device.type == "cuda":
-        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+def _lifetime_peak_rss_mb() -> float:
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
     scale = 1 / 2**20 if sys.platform == "darwin" else 1 / 2**10  # bytes on macOS, KiB on Linux
-    return rss * scale, "process peak RSS"
+    return rss * scale
+
+
+def peak_memory_mb(device: torch.device) -> tuple[float, str]:
+    """The process's peak so far (CUDA's since the last reset). Kept for callers that want
+    it; a run's own peak comes from :class:`MemoryMonitor`."""
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20, "cuda max allocated"
+    return _lifetime_peak_rss_mb(), "process peak RSS"
+
+
+_STATM = "/proc/self/statm"
+_PAGE_BYTES = os.sysconf("SC_PAGE_SIZE") if hasattr(os, "sysconf") else 4096
+
+
+def current_rss_mb() -> float | None:
+    """Resident set size now, from /proc/self/statm (Linux); None where there is no /proc."""
+    try:
+        with open(_STATM) as handle:
+            resident_pages = int(handle.read().split()[1])
+    except (OSError, ValueError, IndexError):
+        return None
+    return resident_pages * _PAGE_BYTES / 2**20
+
+
+class MemoryMonitor:
+    """Peak memory of what runs inside ``with MemoryMonitor(device) as mon:`` (``mon.peak_mb``,
+    ``mon.kind``), so each run of a study records its own peak.
+
+    - CUDA: the allocator's peak is reset on entry and read on exit (``"cuda-allocated"``:
+      tensors only, not the caching allocator's reserve or the CUDA context).
+    - CPU: a daemon thread samples the process's resident set every ``interval_s`` seconds
+      (``"cpu-rss-sampled"``: the whole process, so it includes the interpreter, libraries
+      and data already loaded; a spike shorter than the interval can be missed). Without
+      /proc (macOS) it falls back to the lifetime peak and says so
+      (``"cpu-rss-lifetime-peak"``).
+    """
+
+    def __init__(self, device: torch.device, interval_s: float = 0.02) -> None:
+        self.device = device
+        self.interval_s = interval_s
+        self.peak_mb = 0.0
+        self.kind = "cuda-allocated" if device.type == "cuda" else "cpu-rss-sampled"
+        self._stop = threading.Event()
+        self._thread: threading.Thread | None = None
+
+    def _sample(self) -> None:
+        rss = current_rss_mb()
+        if rss is not None and rss > self.peak_mb:
+            self.peak_mb = rss
+
+    def _sample_until_stopped(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> MemoryMonitor:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            torch.cuda.reset_peak_memory_stats(self.device)
+            return self
+        if current_rss_mb() is None:
+            self.kind = "cpu-rss-lifetime-peak"
+            return self
+        self._sample()
+        self._thread = threading.Thread(
+            target=self._sample_until_stopped, name="genbench-memory-monitor", daemon=True
+        )
+        self._thread.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        if self.device.type == "cuda":
+            torch.cuda.synchronize(self.device)
+            self.peak_mb = torch.cuda.max_memory_allocated(self.device) / 2**20
+        elif self._thread is None:
+            self.peak_mb = _lifetime_peak_rss_mb()
+        else:
+            self._stop.set()
+            self._thread.join()
+            self._sample()
 
 
 def count_parameters(module: torch.nn.Module) -> int:

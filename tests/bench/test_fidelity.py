@@ -119,7 +119,76 @@ def test_evaluate_samples_records_its_settings(tmp_path, monkeypatch) -> None:
     assert settings["extractor"] == "digits-cnn" and len(settings["weights_sha256"]) == 64
     assert settings["num_samples"] == 100 and settings["reference_size"] == 1500
     assert settings["kid_subset_size"] == 100
-    # reference statistics are cached under a name hashing data content and extractor weights
-    cached = sorted(p.name for p in (tmp_path / "fidelity").iterdir())
-    assert cached and all(data.fingerprint()[:16] in name for name in cached)
-    assert all(settings["weights_sha256"][:16] in name for name in cached)
+    # reference features are cached under a name hashing data content and extractor weights
+    cached = sorted(p.name for p in (tmp_path / "fidelity-features").iterdir())
+    assert len(cached) == 1 and cached[0].endswith(".npz")
+    assert data.fingerprint()[:16] in cached[0] and settings["weights_sha256"][:16] in cached[0]
+
+
+def digits_pair() -> tuple[TensorImages, TensorImages]:
+    data = load_dataset("digits")
+    real = levels_to_uint8(data.levels("train"), 17)
+    fake = levels_to_uint8(data.levels("test"), 17)
+    fake = torch.where(
+        torch.rand(fake.shape, generator=torch.Generator().manual_seed(2)) < 0.2, 255 - fake, fake
+    )
+    return TensorImages(fake), TensorImages(real)
+
+
+def test_numbers_equal_torch_fidelity_calculate_metrics(tmp_path, monkeypatch) -> None:
+    """Our pipeline (own feature cache, torch-fidelity's metric functions) gives exactly what
+    torch_fidelity.calculate_metrics gives, on a cache miss and on a cache hit."""
+    import torch_fidelity
+
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
+    fake, real = digits_pair()
+    raw = torch_fidelity.calculate_metrics(
+        input1=fake,
+        input2=real,
+        cuda=False,
+        batch_size=SETTINGS.eval_batch_size,
+        fid=True,
+        kid=True,
+        prc=True,
+        feature_extractor="digits-cnn",
+        kid_subsets=SETTINGS.kid_subsets,
+        kid_subset_size=min(SETTINGS.kid_subset_size, len(fake)),
+        prc_neighborhood=SETTINGS.prc_neighborhood,
+        rng_seed=3,
+        save_cpu_ram=True,
+        verbose=False,
+        cache=False,
+    )
+    expected = {
+        "fid": raw[torch_fidelity.KEY_METRIC_FID],
+        "kid": raw[torch_fidelity.KEY_METRIC_KID_MEAN],
+        "kid_std": raw[torch_fidelity.KEY_METRIC_KID_STD],
+        "precision": raw[torch_fidelity.KEY_METRIC_PRECISION],
+        "recall": raw[torch_fidelity.KEY_METRIC_RECALL],
+    }
+    for _ in ("miss", "hit"):
+        out = fidelity_from_inputs(fake, real, "digits-cnn", SETTINGS, 3, "ref")
+        assert {key: out[key] for key in expected} == expected
+    assert len(list((tmp_path / "fidelity-features").glob("*.npz"))) == 1
+
+
+@pytest.mark.parametrize(
+    "damage", [b"garbage bytes", b"PK\x03\x04truncated zip", "object-array", "wrong-rows"]
+)
+def test_corrupt_feature_cache_is_ignored_and_rebuilt(tmp_path, monkeypatch, caplog, damage):
+    monkeypatch.setenv("GENBENCH_CACHE", str(tmp_path))
+    fake, real = digits_pair()
+    first = fidelity_from_inputs(fake, real, "digits-cnn", SETTINGS, 0, "ref")
+    (path,) = (tmp_path / "fidelity-features").glob("*.npz")
+    if damage == "object-array":
+        np.savez(path, penultimate=np.array([{"a": 1}, None], dtype=object))
+    elif damage == "wrong-rows":
+        np.savez(path, penultimate=np.zeros((3, 128)))
+    else:
+        path.write_bytes(damage)
+    with caplog.at_level("WARNING"):
+        again = fidelity_from_inputs(fake, real, "digits-cnn", SETTINGS, 0, "ref")
+    assert again == first
+    assert str(path) in caplog.text and "recomputing" in caplog.text
+    with np.load(path, allow_pickle=False) as archive:  # rebuilt: a good cache again
+        assert archive["penultimate"].shape == (len(real), 128)

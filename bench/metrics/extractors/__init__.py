@@ -4,7 +4,9 @@
 - ``mnist-cnn``: the same architecture at 28x28, trained on mnist5k's train split; used for
   mnist5k and mnist.
 - ``inception-v3-compat``: torch-fidelity's port of the TF Inception used by the FID paper, for
-  RGB data; weights downloaded by torch-fidelity or given with ``--feature-weights PATH``.
+  RGB data; weights downloaded (once, into torch.hub's folder) or given with
+  ``--feature-weights PATH``. Either file is read here with ``torch.load(weights_only=True)``;
+  torch-fidelity, whose own loader unpickles without that restriction, never opens it.
 
 The domain classifiers' weights ship in ``weights/`` and are made by
 ``python -m bench.metrics.extractors.train DATASET`` (deterministic on CPU). Every result
@@ -17,7 +19,10 @@ from __future__ import annotations
 
 import dataclasses
 import hashlib
+import io
 import os
+import pickle
+from collections.abc import Mapping
 from functools import cache
 from pathlib import Path
 from typing import Any
@@ -25,6 +30,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 from torch_fidelity import FeatureExtractorBase, register_feature_extractor
+from torch_fidelity.feature_extractor_inceptionv3 import (
+    URL_INCEPTION_V3,
+    FeatureExtractorInceptionV3,
+)
 from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
 
 from bench.errors import GenbenchError
@@ -131,13 +140,132 @@ def load_domain_classifier(name: str) -> tuple[DomainClassifier, str, dict[str, 
     return model, sha256_file(path), dict(payload["meta"])
 
 
+#: what torch.load raises on a file that is not a weights file, or on a pickle that asks for
+#: a global outside weights_only's allow-list (the refusal that keeps code from running)
+_LOAD_ERRORS = (
+    pickle.UnpicklingError,
+    RuntimeError,
+    EOFError,
+    ValueError,
+    TypeError,
+    AttributeError,
+    KeyError,
+    IndexError,
+    UnicodeDecodeError,
+    ImportError,
+)
+
+
+def load_weights_file(path: Path, what: str) -> tuple[dict[str, Tensor], str]:
+    """A state dict (name -> tensor) and the sha256 of the file's bytes, read once.
+
+    ``torch.load(weights_only=True)`` rebuilds tensors and plain containers only: a pickle
+    that would call anything else is refused before it runs. Reading the bytes once and
+    hashing those same bytes means the sha recorded is the sha of what was loaded."""
+    if not path.exists():
+        raise GenbenchError(f"{what} {path} does not exist")
+    if not path.is_file():
+        raise GenbenchError(f"{what} {path} is not a file")
+    try:
+        payload = path.read_bytes()
+    except OSError as exc:
+        raise GenbenchError(f"{what} {path} cannot be read: {exc.strerror}") from None
+    try:
+        state = torch.load(io.BytesIO(payload), map_location="cpu", weights_only=True)
+    except _LOAD_ERRORS as exc:
+        first = (str(exc).strip().splitlines() or [exc.__class__.__name__])[0][:160]
+        raise GenbenchError(
+            f"{what} {path} is not a loadable weights file (read with weights_only=True): {first}"
+        ) from None
+    if not isinstance(state, Mapping) or not all(
+        isinstance(k, str) and isinstance(v, Tensor) for k, v in state.items()
+    ):
+        raise GenbenchError(f"{what} {path} is not a state dict of named tensors")
+    return dict(state), hashlib.sha256(payload).hexdigest()
+
+
+def default_inception_weights() -> Path:
+    """torch-fidelity's Inception weights in torch.hub's folder, downloaded without loading
+    (torch-fidelity's own download would unpickle them with weights_only=False)."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(URL_INCEPTION_V3).name
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        try:
+            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), progress=False)
+        except OSError as exc:
+            raise GenbenchError(
+                f"could not download the Inception weights ({exc.__class__.__name__}); "
+                "pass --feature-weights PATH to torch-fidelity's weights file"
+            ) from None
+    return path
+
+
+@cache
+def inception_weights(weights_path: str | None) -> tuple[dict[str, Tensor], str]:
+    """Inception's state dict and its file's sha256: the given file or the default one."""
+    path = Path(weights_path) if weights_path else default_inception_weights()
+    return load_weights_file(path, "--feature-weights" if weights_path else "Inception weights")
+
+
 def inception_weights_sha(weights_path: str | None) -> str:
     """sha256 of the Inception weights file: the given one, or torch-fidelity's download."""
-    if weights_path:
-        return sha256_file(Path(weights_path))
-    hub = Path(torch.hub.get_dir()) / "checkpoints"
-    found = sorted(hub.glob("weights-inception-2015-12-05-*.pth")) if hub.exists() else []
-    return sha256_file(found[0]) if found else "torch-fidelity-default"
+    return inception_weights(weights_path)[1]
+
+
+def inception_feature_extractor(
+    features_list: list[str], weights_path: str | None, **kwargs: Any
+) -> FeatureExtractorInceptionV3:
+    """torch-fidelity's Inception with weights we loaded ourselves (weights_only=True).
+
+    Its constructor only accepts weights through ``torch.load(..., weights_only=False)`` of
+    a path or file object; we give it an in-memory copy that we serialised from the
+    validated tensors, so what it unpickles is tensors we made, never the user's bytes."""
+    state = inception_weights(weights_path)[0]
+    buffer = io.BytesIO()
+    torch.save(state, buffer)
+    buffer.seek(0)
+    try:
+        return FeatureExtractorInceptionV3(
+            INCEPTION.name, features_list, feature_extractor_weights_path=buffer, **kwargs
+        )
+    except RuntimeError as exc:  # load_state_dict: missing / unexpected keys, wrong shapes
+        first = str(exc).strip().splitlines()[0][:160]
+        what = f"--feature-weights {weights_path}" if weights_path else "the Inception weights"
+        raise GenbenchError(f"{what} do not fit torch-fidelity's Inception: {first}") from None
+
+
+def torch_fidelity_builtin(name: str) -> bool:
+    """An extractor shipped by torch-fidelity (vgg16, clip, dinov2, ...): those load their
+    weights with torch-fidelity's unrestricted loader, so genbench does not run them."""
+    cls = FEATURE_EXTRACTORS_REGISTRY.get(name)
+    return cls is not None and cls.__module__.startswith("torch_fidelity.")
+
+
+def validate_extractor(extractor: str, dataset: str, feature_weights: str | None) -> None:
+    """Check an extractor choice before the first run, so that a bad one costs nothing.
+
+    A domain classifier scores only the data it was made for (mnist-cnn on 8x8 digits gives
+    a FID of 655: meaningless); Inception is general and takes any dataset. Weights given
+    with --feature-weights are loaded now (weights_only=True) and fitted into the network,
+    so a missing, garbage or code-carrying file fails here in one line."""
+    info: ExtractorInfo = EXTRACTORS.get(extractor)
+    if extractor in DOMAIN_EXTRACTORS and dataset not in info.datasets:
+        valid = [n for n in EXTRACTORS.names() if dataset in EXTRACTORS.get(n).datasets]
+        valid += [] if INCEPTION.name in valid else [INCEPTION.name]
+        raise GenbenchError(
+            f"feature extractor {extractor!r} is made for {', '.join(info.datasets)}, not "
+            f"{dataset!r}. Valid extractors for {dataset}: {', '.join(sorted(valid))}"
+        )
+    if feature_weights is None:
+        return
+    if not feature_weights.strip():
+        raise GenbenchError("--feature-weights is empty: give the path of a weights file")
+    if extractor != INCEPTION.name:
+        raise GenbenchError(
+            f"--feature-weights applies to {INCEPTION.name} only; {extractor!r} uses its "
+            "shipped weights"
+        )
+    inception_feature_extractor(["2048"], feature_weights)
 
 
 class _DomainFidelityExtractor(FeatureExtractorBase):
