@@ -20,6 +20,7 @@ Images handed to a method are float tensors in [0, 1] holding ``level / (num_lev
 from __future__ import annotations
 
 import dataclasses
+import math
 from typing import Any, ClassVar
 
 import torch
@@ -100,6 +101,14 @@ class Method(nn.Module):
     summary: ClassVar[str] = ""
     #: string-valued hyper-parameters and their valid values, checked before any run starts
     hparam_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
+    #: numeric hyper-parameters' valid ranges, where the name-based rules of
+    #: :func:`base_range` are wrong for this method: ``(lo, hi)`` inclusive, or
+    #: ``(lo, hi, "[)")`` with the brackets saying which bound is open; None for no bound
+    #: (``(0, None, "(]")``: > 0). A list-valued hyper-parameter's range applies to each
+    #: item. ``None`` instead of a tuple switches the range check off for that key.
+    hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {}
+    #: list-valued hyper-parameters that may be empty (e.g. no attention resolutions)
+    hparam_empty_lists: ClassVar[frozenset[str]] = frozenset()
     #: a sampler row that evaluates another method's trained weights instead of training:
     #: the name of that method. The harness runs it after that method's run of the same
     #: study (same protocol, dataset and seed), gives it that run's network hyper-parameters
@@ -131,6 +140,10 @@ class Method(nn.Module):
 
     @classmethod
     def resolve_hparams(cls, spec: DataSpec, overrides: dict[str, Any]) -> dict[str, Any]:
+        """Defaults for ``spec`` updated by ``overrides`` (``--set`` strings or typed values
+        from a protocol file), every value checked against the schema: unknown keys, wrong
+        types, NaN/inf, out-of-range numbers and unknown string choices are one clear
+        :class:`GenbenchError` before any run starts, not a failure (or garbage) mid-study."""
         hparams = cls.default_hparams(spec)
         unknown = sorted(set(overrides) - set(hparams))
         if unknown:
@@ -138,15 +151,52 @@ class Method(nn.Module):
             raise GenbenchError(
                 f"method {cls.name!r} has no hyper-parameter {unknown[0]!r}. Valid: {valid}"
             )
-        for key, value in overrides.items():
-            default = hparams[key]
-            hparams[key] = _coerce(cls.name, key, value, default)
+        resolved = {}
+        for key, default in hparams.items():
+            value = overrides.get(key, default)
+            resolved[key] = check_hparam(
+                f"{cls.name}.{key}",
+                value,
+                default,
+                cls.hparam_ranges[key] if key in cls.hparam_ranges else base_range(key, default),
+                key in cls.hparam_empty_lists,
+            )
         for key, choices in cls.hparam_choices.items():
-            if hparams[key] not in choices:
-                raise GenbenchError(
-                    f"bad value {hparams[key]!r} for {cls.name}.{key}. Valid: {', '.join(choices)}"
-                )
-        return hparams
+            values = resolved[key] if isinstance(resolved[key], (list, tuple)) else [resolved[key]]
+            for value in values:
+                if value not in choices:
+                    raise GenbenchError(
+                        f"bad value {_short(value)} for {cls.name}.{key}. "
+                        f"Valid: {', '.join(choices)}"
+                    )
+        return resolved
+
+    @classmethod
+    def validate(cls, spec: DataSpec, hparams: dict[str, Any]) -> None:
+        """Check ``hparams`` (resolved, or overrides of the defaults) before any run starts:
+        the schema first, then a trial build on ``spec``, so that a value only the network
+        can reject (a width its channel groups do not divide, a kernel that does not fit the
+        image) is one line now instead of a failed run that replaces a good result later.
+
+        The trial build runs under ``torch.device("meta")``: no memory is allocated and no
+        weights are initialised, so a huge width costs nothing; the global RNG is restored
+        afterwards (constructors that draw masks or seeds must not shift the run's stream).
+        """
+        resolved = cls.resolve_hparams(spec, hparams)
+        defaults = cls.default_hparams(spec)
+        changed = [f"{k}={_short(v)}" for k, v in resolved.items() if v != defaults.get(k)]
+        settings = f"with {', '.join(changed)}" if changed else "with its defaults"
+        try:
+            with torch.random.fork_rng(devices=[]), torch.device("meta"):
+                cls(spec, **resolved)
+        except GenbenchError as exc:
+            raise GenbenchError(f"method {cls.name!r} on {spec.name} {settings}: {exc}") from None
+        except Exception as exc:  # the constructor's own complaint, in one line
+            first = str(exc).strip().splitlines()[0] if str(exc).strip() else ""
+            raise GenbenchError(
+                f"method {cls.name!r} cannot be built on {spec.name} {settings}: "
+                f"{exc.__class__.__name__}: {first[:300]}"
+            ) from None
 
     # -- data-dependent set-up ------------------------------------------------------------
     def prepare(self, train_x: Tensor, train_y: Tensor, held_out_x: Tensor) -> None:
@@ -233,25 +283,152 @@ class Method(nn.Module):
         return torch.device("cpu")
 
 
-def _coerce(method: str, key: str, value: Any, default: Any) -> Any:
-    """Coerce a --set string to the type of the default, with a clear error."""
-    if not isinstance(value, str) or isinstance(default, str) or default is None:
+#: ints beyond this are a typo (or an overflow), not a setting
+MAX_INT = 2**31 - 1
+_TRUE, _FALSE = ("true", "1", "yes", "on"), ("false", "0", "no", "off")
+
+#: name-based range rules (first match wins), for keys a method does not declare itself
+_DECAY_LIKE = ("ema", "momentum", "adam_beta1", "adam_beta2")
+_PROBABILITIES = ("dropout",)
+_COUNT_WORDS = (
+    "width", "widths", "channels", "dim", "units", "sizes", "size", "layers", "depth",
+    "heads", "blocks", "steps", "batch", "levels", "samples", "kernel", "iterations",
+    "codes", "components", "masks", "timesteps", "probes", "pairs", "stride", "directions",
+    "scales", "mults", "resolutions", "level",
+)  # fmt: skip
+
+
+def base_range(key: str, default: Any) -> tuple[Any, ...] | None:
+    """The range a hyper-parameter gets from its name when its method declares none:
+    learning rates, temperatures and sizes (width, channels, layers, steps, batch, ...) are
+    > 0; decay-like values (EMA, momentum, Adam betas, ``*_decay`` but not weight decay) lie
+    in [0, 1); probabilities and fractions in [0, 1]; weight decay, loss weights and other
+    counts are >= 0. Floats that match no rule only have to be finite."""
+    item = default[0] if isinstance(default, (list, tuple)) and default else default
+    words = key.split("_")
+    if isinstance(item, bool) or isinstance(item, str):
+        return None
+    if key == "warmup_steps" or key.endswith("_after") or key.endswith("_seed"):
+        return (0, None)
+    if key in ("lr", "learning_rate") or key.endswith("_lr") or "temperature" in words:
+        return (0, None, "(]")
+    if key in _DECAY_LIKE or (words[-1] == "decay" and not key.endswith("weight_decay")):
+        return (0, 1, "[)")
+    if key in _PROBABILITIES:
+        return (0, 1, "[)")
+    if words[-1] in ("prob", "fraction", "ratio"):
+        return (0, 1)
+    if key.endswith("weight_decay") or words[-1] in ("weight", "scale", "clip", "norm"):
+        return (0, None)
+    if isinstance(item, int):
+        if words[-1] in _COUNT_WORDS or words[0] == "num":
+            return (1, None)
+        return (0, None)
+    return None
+
+
+def check_hparam(
+    where: str,
+    value: Any,
+    default: Any,
+    bounds: tuple[Any, ...] | None,
+    empty_ok: bool = False,
+) -> Any:
+    """``value`` (a ``--set`` string or a typed value from a protocol file) checked against
+    the type of ``default`` and ``bounds``; returns the typed value. The type comes from the
+    default: bool, int (not bool), float (an int is accepted), str, or a list/tuple of one of
+    those (a ``--set`` string is split at commas). NaN and inf are never valid."""
+    if default is None:
         return value
-    try:
-        if isinstance(default, bool):
-            if value.lower() in ("true", "1", "yes"):
-                return True
-            if value.lower() in ("false", "0", "no"):
-                return False
-            raise ValueError(value)
-        if isinstance(default, int):
-            return int(value)
-        if isinstance(default, float):
-            return float(value)
-        if isinstance(default, (list, tuple)):
-            return type(default)(type(default[0])(v) for v in value.split(","))
-    except ValueError:
+    if isinstance(default, (list, tuple)):
+        if isinstance(value, str):
+            text = value.strip()
+            if text[:1] == "[" and text[-1:] == "]":
+                text = text[1:-1]
+            items: list[Any] = [v.strip() for v in text.split(",")] if text.strip() else []
+        elif isinstance(value, (list, tuple)):
+            items = list(value)
+        else:
+            raise GenbenchError(
+                f"bad value {_short(value)} for {where}: expected a list "
+                f"(comma-separated with --set)"
+            )
+        if not items and not empty_ok:
+            raise GenbenchError(f"bad value {_short(value)} for {where}: must not be empty")
+        item_default = default[0] if default else 0
+        checked = [_check_scalar(where, v, item_default, bounds) for v in items]
+        return type(default)(checked)
+    return _check_scalar(where, value, default, bounds)
+
+
+def _check_scalar(where: str, value: Any, default: Any, bounds: tuple[Any, ...] | None) -> Any:
+    def bad(expected: str) -> GenbenchError:
+        return GenbenchError(f"bad value {_short(value)} for {where}: expected {expected}")
+
+    if isinstance(default, bool):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.strip().lower() in _TRUE + _FALSE:
+            return value.strip().lower() in _TRUE
+        raise bad("true or false")
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise bad("a string")
+        return value
+    if isinstance(default, int):
+        if isinstance(value, str):
+            try:
+                value = int(value.strip())
+            except ValueError:
+                raise bad("an integer") from None
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise bad("an integer")
+        if abs(value) > MAX_INT:
+            raise GenbenchError(f"bad value {_short(value)} for {where}: too large")
+    elif isinstance(default, float):
+        if isinstance(value, str):
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad("a number") from None
+        if not isinstance(value, (int, float)) or isinstance(value, bool):
+            raise bad("a number")
+        try:
+            value = float(value)
+        except OverflowError:
+            raise GenbenchError(f"bad value {_short(value)} for {where}: too large") from None
+        if not math.isfinite(value):
+            raise GenbenchError(f"bad value {_short(value)} for {where}: must be finite")
+    else:
+        return value
+    if bounds is not None and not in_range(value, bounds):
         raise GenbenchError(
-            f"bad value {value!r} for {method}.{key}: expected {type(default).__name__}"
-        ) from None
+            f"bad value {_short(value)} for {where}: must be {describe_range(bounds)}"
+        )
     return value
+
+
+def in_range(value: float, bounds: tuple[Any, ...]) -> bool:
+    """Whether ``value`` lies within ``(lo, hi[, brackets])`` (see ``hparam_ranges``)."""
+    lo, hi = bounds[0], bounds[1]
+    brackets = bounds[2] if len(bounds) > 2 else "[]"
+    if lo is not None and (value < lo or (brackets[0] == "(" and value == lo)):
+        return False
+    return not (hi is not None and (value > hi or (brackets[1] == ")" and value == hi)))
+
+
+def describe_range(bounds: tuple[Any, ...]) -> str:
+    """``(0, None, "(]")`` -> "> 0"; ``(0, 1, "[)")`` -> "in [0, 1)"."""
+    lo, hi = bounds[0], bounds[1]
+    brackets = bounds[2] if len(bounds) > 2 else "[]"
+    if hi is None:
+        return f"{'>' if brackets[0] == '(' else '>='} {lo}"
+    if lo is None:
+        return f"{'<' if brackets[1] == ')' else '<='} {hi}"
+    return f"in {brackets[0]}{lo}, {hi}{brackets[1]}"
+
+
+def _short(value: Any) -> str:
+    """repr of a user's value, cut so that an error stays one readable line."""
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."

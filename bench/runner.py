@@ -164,7 +164,9 @@ def plan_study(
     protocol = load_protocol(protocol_name)
     if dataset:
         protocol = dataclasses.replace(protocol, dataset=dataset)
-    method_names = methods or METHODS.names()
+    method_names = methods if methods is not None else METHODS.names()
+    if not method_names:
+        raise GenbenchError("no methods selected")
     for name in [*method_names, *protocol.methods]:  # also the protocol's override tables
         METHODS.get(name)
     protocol_sets, method_sets = split_overrides(sets or [], method_names)
@@ -414,7 +416,10 @@ def _claim(lock: RunLock) -> bool:
     info = distributed.current()
     claimed = lock.acquire() if info.is_main else False
     if info.enabled:
-        flag = torch.tensor([1 if claimed else 0], dtype=torch.int64)
+        on = "cpu"
+        if torch.distributed.get_backend() == "nccl":
+            on = f"cuda:{info.local_rank}"
+        flag = torch.tensor([1 if claimed else 0], dtype=torch.int64, device=on)
         torch.distributed.broadcast(flag, src=0)
         claimed = bool(flag.item())
     return claimed
@@ -662,6 +667,8 @@ def evaluate(
         "train_images_per_s": outcome.train_images_per_second if outcome else None,
         "train_images_seen": outcome.images_seen if outcome else 0,
         "train_steps": outcome.steps if outcome else 0,
+        "checkpoints_written": outcome.checkpoints if outcome else 0,
+        "checkpoint_s": round(outcome.checkpoint_seconds, 4) if outcome else 0.0,
     }
     caps = method.capabilities
     if SAMPLE in caps:

@@ -69,6 +69,9 @@ class TrainOutcome:
     timed_steps: int
     resumed_from_images: int
     last_losses: dict[str, float]
+    #: checkpoints written by this process and the seconds they took (their overhead)
+    checkpoints: int = 0
+    checkpoint_seconds: float = 0.0
 
 
 class EMA:
@@ -249,6 +252,7 @@ def train(
         timer.images, timer.seconds = state["timer"]["images"], state["timer"]["seconds"]
     next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
     last_save = time.monotonic()
+    saves, save_seconds = 0, 0.0
     heartbeat = Heartbeat()
     losses: dict[str, float] = {}
     save = dict(identity=identity, resume_key=resume_key, device=device)
@@ -294,12 +298,16 @@ def train(
                 break
             due_images = bool(next_checkpoint) and images_seen >= next_checkpoint
             due_time = time.monotonic() - last_save >= CHECKPOINT_EVERY_S
-            if (due_images or due_time) and dist_info.is_main:
+            if (due_images or due_time) and dist_info.is_main and checkpoint is not None:
+                tick = time.perf_counter()
                 _save(checkpoint, method, ema, images_seen, step, timer, **save)
+                saves, save_seconds = saves + 1, save_seconds + time.perf_counter() - tick
                 next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
                 last_save = time.monotonic()
     if checkpoint is not None and images_seen > resumed_from and dist_info.is_main:
+        tick = time.perf_counter()
         _save(checkpoint, method, ema, images_seen, step, timer, **save)
+        saves, save_seconds = saves + 1, save_seconds + time.perf_counter() - tick
     if ema:
         ema.copy_to(method)
     distributed.broadcast_module(method)  # rank-local buffers -> rank 0's
@@ -310,6 +318,8 @@ def train(
         max(0, timer.steps - timer.warmup_steps),
         resumed_from,
         losses,
+        saves,
+        save_seconds,
     )
 
 

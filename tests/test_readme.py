@@ -41,5 +41,5 @@ def test_readme_excerpt_matches_the_generated_leaderboard() -> None:
     assert len(excerpt) >= 3
     assert excerpt == _table(board), (
         "README's excerpt is stale: refresh it with `genbench report --protocol quick "
-        "--dataset digits --readme README.md`"
+        "--dataset digits --out reports --readme README.md`"
     )

@@ -25,7 +25,13 @@ import torch
 from torch import Tensor
 
 from baselines.autoregressive.base import DiscreteAutoregressive
-from baselines.common.masked import MaskedLinear, degree_mask, encode_levels, encoding_width
+from baselines.common.masked import (
+    INPUT_ENCODINGS,
+    MaskedLinear,
+    degree_mask,
+    encode_levels,
+    encoding_width,
+)
 from bench.method import DataSpec
 from bench.registry import register_method
 
@@ -33,6 +39,8 @@ from bench.registry import register_method
 @register_method("fvsbn")
 class FVSBN(DiscreteAutoregressive):
     summary = "fully visible logistic autoregressive model: linear conditionals over L levels"
+
+    hparam_choices = {"input_encoding": INPUT_ENCODINGS}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:

@@ -34,7 +34,13 @@ import torch
 from torch import Tensor, nn
 
 from baselines.autoregressive.base import DiscreteAutoregressive, ancestral_sample
-from baselines.common.masked import MaskedLinear, degree_mask, encode_levels, encoding_width
+from baselines.common.masked import (
+    INPUT_ENCODINGS,
+    MaskedLinear,
+    degree_mask,
+    encode_levels,
+    encoding_width,
+)
 from bench.errors import GenbenchError
 from bench.method import DataSpec, from_levels
 from bench.registry import register_method
@@ -47,18 +53,21 @@ def made_degrees(
     dims: int, hidden_sizes: tuple[int, ...], order: Tensor, generator: torch.Generator
 ) -> list[Tensor]:
     """Degrees of the input pixels (position in ``order``) and of every hidden layer."""
-    degrees = [torch.empty(dims, dtype=torch.long)]
-    degrees[0][order] = torch.arange(dims)
+    # explicit CPU tensors: masks are data, also under a meta-device trial build
+    degrees = [torch.empty(dims, dtype=torch.long, device="cpu")]
+    degrees[0][order] = torch.arange(dims, device="cpu")
     for size in hidden_sizes:
         low = int(degrees[-1].min())
         high = max(low, dims - 2)  # a unit of degree D-1 would feed no output
-        degrees.append(torch.randint(low, high + 1, (size,), generator=generator))
+        degrees.append(torch.randint(low, high + 1, (size,), generator=generator, device="cpu"))
     return degrees
 
 
 @register_method("made")
 class MADE(DiscreteAutoregressive):
     summary = "MADE: masked MLP autoencoder with valid autoregressive connectivity"
+
+    hparam_choices = {"input_encoding": INPUT_ENCODINGS, "order": ORDERS}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
@@ -98,7 +107,11 @@ class MADE(DiscreteAutoregressive):
         generator = torch.Generator().manual_seed(mask_seed)
         orders, per_mask = [], []
         for _ in range(num_masks):
-            ordering = torch.arange(dims) if order == "natural" else torch.randperm(dims)
+            ordering = (
+                torch.arange(dims, device="cpu")
+                if order == "natural"
+                else torch.randperm(dims, device="cpu")
+            )
             orders.append(ordering)
             per_mask.append(made_degrees(dims, hidden_sizes, ordering, generator))
         #: orders[k][t]: the pixel generated at step t under mask k

@@ -30,7 +30,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.autoregressive.base import Conditional, DiscreteAutoregressive
-from baselines.common.masked import encode_levels, encoding_width
+from baselines.common.masked import INPUT_ENCODINGS, encode_levels, encoding_width
 from bench.method import DataSpec
 from bench.registry import register_method
 
@@ -40,6 +40,8 @@ HIDDEN_UNITS = {"8x8": 64, "28x28": 500, "32x32": 500}
 @register_method("nade")
 class NADE(DiscreteAutoregressive):
     summary = "NADE: shared hidden-state recursion, O(DH) exact likelihood, softmax over L"
+
+    hparam_choices = {"input_encoding": INPUT_ENCODINGS}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:

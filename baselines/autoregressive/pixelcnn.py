@@ -56,7 +56,8 @@ from bench.method import DataSpec, from_levels
 from bench.registry import register_method
 
 OUTPUTS = ("categorical", "logistic_mixture")
-WIDTHS = {"8x8": 16, "28x28": 64, "32x32": 128}
+# 32x32 is RGB: the categorical output splits the width into 3 channel groups
+WIDTHS = {"8x8": 16, "28x28": 64, "32x32": 120}
 BLOCKS = {"8x8": 3, "28x28": 7, "32x32": 12}
 MIN_LOG_SCALE = -7.0  # PixelCNN++'s floor on the logistic log-scales
 
@@ -193,6 +194,9 @@ def logistic_bin_log_mass(
 @register_method("pixelcnn")
 class PixelCNN(DiscreteAutoregressive):
     summary = "gated PixelCNN: vertical + horizontal masked stacks, softmax or logistic mixture"
+
+    hparam_choices = {"output": OUTPUTS}
+    hparam_ranges = {"first_kernel": (2, None)}  # the first (mask A) kernel keeps k // 2 rows
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:

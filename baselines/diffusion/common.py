@@ -7,6 +7,7 @@ by the ODE likelihoods (Song et al. 2021, appendix D.2; Grathwohl et al. 2019).
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,6 +39,10 @@ class DenoiserMethod(Method):
     """A method whose one network is the shared U-Net, trained by minimising ``loss``.
 
     Subclasses implement ``loss(x, labels) -> Tensor`` on data ``x`` in [-1, 1]."""
+
+    #: grad_clip 0 switches clipping off; attention_resolutions may be empty (no attention)
+    hparam_ranges = {"grad_clip": (0, None)}
+    hparam_empty_lists = frozenset({"attention_resolutions"})
 
     def __init__(
         self,
@@ -91,7 +96,9 @@ class DenoiserMethod(Method):
         loss = self.loss(self.scale(batch.x), batch.y)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
+        # grad_clip 0: no clipping (the norm is still measured and logged)
+        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
+        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
         optimizer.step()
         return {"loss": loss.item(), "grad_norm": float(grad_norm)}
 

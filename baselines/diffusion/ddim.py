@@ -71,6 +71,8 @@ class DDIM(DDPM):
     weights_from = "ddpm"
     summary = "DDIM (Song et al. 2021): deterministic sampler on ddpm's weights, 10-100 steps"
 
+    hparam_ranges = {**DDPM.hparam_ranges, "eta": (0, 1)}  # 0: deterministic, 1: DDPM-like
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         # ``steps``: the step counts to report, each a row; the first is the ddim row

@@ -133,6 +133,8 @@ class DDPM(DenoiserMethod):
     hparam_choices = {"variance": ("large", "small")}
     summary = "DDPM (Ho et al. 2020): eps-prediction, L_simple, ancestral sampler, VLB bound"
 
+    hparam_ranges = {**DenoiserMethod.hparam_ranges, "beta_1": (0, 1, "()"), "beta_T": (0, 1, "()")}
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         cpu_scale = spec.scale in ("8x8", "28x28")

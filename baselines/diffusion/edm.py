@@ -65,6 +65,20 @@ class EDM(DenoiserMethod):
     capabilities = frozenset({SAMPLE})
     summary = "EDM (Karras et al. 2022): preconditioned denoiser, Heun, rho=7, 18 steps (35 NFE)"
 
+    hparam_ranges = {
+        **DenoiserMethod.hparam_ranges,
+        "sigma_data": (0, None, "(]"),
+        "p_mean": None,  # log-normal mean of the training sigmas: any sign
+        "p_std": (0, None, "(]"),
+        "sigma_min": (0, None, "(]"),
+        "sigma_max": (0, None, "(]"),
+        "rho": (0, None, "(]"),
+        "s_churn": (0, None),  # 0: the deterministic sampler
+        "s_tmin": (0, None),
+        "s_tmax": (0, None),
+        "s_noise": (0, None),
+    }
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

@@ -76,6 +76,13 @@ class FlowMatching(DequantizedDenoiser):
 
     summary = "flow matching / rectified flow (Lipman, Liu et al. 2023): linear path, ODE bits/dim"
 
+    hparam_ranges = {
+        **DequantizedDenoiser.hparam_ranges,
+        "ode_rtol": (0, None, "(]"),
+        "ode_atol": (0, None, "(]"),
+        "reflow_after": (0, None),  # 0: no reflow stage
+    }
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         cpu_scale = spec.scale in ("8x8", "28x28")

@@ -50,6 +50,14 @@ class Guidance(DenoiserMethod):
     class_conditional = True
     summary = "guided diffusion: classifier-free (w = 0, 1, 3) and noise-aware classifier guidance"
 
+    hparam_ranges = {
+        **DenoiserMethod.hparam_ranges,
+        "p_uncond": (0, 1),
+        "guidance_weight": (0, None),  # 0: the conditional model without guidance
+        "classifier_scale": (0, None),  # 0: no classifier guidance
+        "eta": (0, 1),
+    }
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         cpu_scale = spec.scale in ("8x8", "28x28")

@@ -124,6 +124,18 @@ class ScoreSDE(DequantizedDenoiser):
     hparam_choices = {"sde": ("vp", "ve"), "sampler": SAMPLERS}
     summary = "score SDE (Song et al. 2021): VP/VE, PC + EM + probability-flow ODE, ODE bits/dim"
 
+    hparam_ranges = {
+        **DequantizedDenoiser.hparam_ranges,
+        "beta_min": (0, None),
+        "beta_max": (0, None, "(]"),
+        "sigma_min": (0, None, "(]"),
+        "sigma_max": (0, None, "(]"),
+        "train_eps": (0, 1, "()"),
+        "snr": (0, None, "(]"),
+        "ode_rtol": (0, None, "(]"),
+        "ode_atol": (0, None, "(]"),
+    }
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         cpu_scale = spec.scale in ("8x8", "28x28")

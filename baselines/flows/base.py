@@ -25,7 +25,7 @@ Data-dependent initialisation (ActNorm) runs in ``prepare`` on training images o
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -55,6 +55,12 @@ class DequantizedFlow(Method):
 
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD, ENCODE})
     likelihood_is_bound = True
+
+    #: max_grad_norm 0 switches clipping off; the logit transform squeezes into [a, 1 - a]
+    hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {
+        "logit_alpha": (0, 0.5, "[)"),
+        "max_grad_norm": (0, None),
+    }
 
     @staticmethod
     def training_hparams(spec: DataSpec) -> dict[str, Any]:

@@ -106,6 +106,8 @@ def glow_flow(shape: Shape, levels: int, steps: int, width: int, coupling: str) 
 class Glow(DequantizedFlow):
     summary = "Glow: actnorm, invertible 1x1 conv (LU), affine coupling, multi-scale"
 
+    hparam_choices = {"coupling": tuple(COUPLINGS)}
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

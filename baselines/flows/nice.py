@@ -68,7 +68,8 @@ class NICE(DequantizedFlow):
         **training: Any,
     ) -> None:
         super().__init__(spec, "logistic", **training)
-        odd = torch.arange(spec.dims) % 2 == 1
+        # explicit CPU: index buffers stay real under a meta-device trial build
+        odd = torch.arange(spec.dims, device="cpu") % 2 == 1
         layers = [
             PartitionCoupling(
                 odd if index % 2 == 0 else ~odd,  # the conditioning half alternates

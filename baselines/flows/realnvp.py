@@ -104,6 +104,8 @@ def realnvp_flow(shape: Shape, num_scales: int, width: int, res_blocks: int) -> 
 class RealNVP(DequantizedFlow):
     summary = "RealNVP: affine coupling, checkerboard + channel masks, squeeze, multi-scale"
 
+    hparam_ranges = {**DequantizedFlow.hparam_ranges, "res_blocks": (0, None)}  # 0: plain conv
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

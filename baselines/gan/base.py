@@ -77,6 +77,12 @@ class GANMethod(Method):
     #: the critic's normalisation layer (see baselines.common.dcgan.Critic)
     critic_normalisation: ClassVar[str] = "batch"
 
+    #: a fully connected width of 0 means no fully connected layer (the 32x32 DCGAN)
+    hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {
+        "generator_fc_width": (0, None),
+        "critic_fc_width": (0, None),
+    }
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return dict(NETWORK_SIZES.get(spec.scale, NETWORK_SIZES["32x32"]))

@@ -36,6 +36,8 @@ class GANQP(GANMethod):
     critic_normalisation = "batch"
     hparam_choices = {"distance": losses.QP_DISTANCES}
 
+    hparam_ranges = {**GANMethod.hparam_ranges, "qp_lambda": (0, None, "(]")}
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

@@ -34,6 +34,8 @@ class WGAN(GANMethod):
     summary = "Wasserstein GAN (Arjovsky 2017): weight clipping c=0.01, n_critic=5, RMSProp"
     critic_normalisation = "batch"
 
+    hparam_ranges = {**GANMethod.hparam_ranges, "clip_value": (0, None, "(]")}
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {**super().default_hparams(spec), "clip_value": 0.01, "critic_steps": 5, "lr": 5e-5}

@@ -42,6 +42,8 @@ class WGANDiv(GANMethod):
     critic_normalisation = "layer"
     hparam_choices = {"penalty_points": PENALTY_POINTS}
 
+    hparam_ranges = {**GANMethod.hparam_ranges, "div_k": (0, None, "(]"), "div_p": (0, None, "(]")}
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

@@ -104,6 +104,8 @@ class IndependentPixels(Method):
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
     trainable = False
     summary = "per-pixel categorical fitted by counting: the naive likelihood"
+    #: alpha = 0 gives log 0 for a level never seen in training
+    hparam_ranges = {"alpha": (0, None, "(]")}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:

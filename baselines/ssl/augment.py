@@ -114,6 +114,9 @@ class BatchAugment(nn.Module):
         super().__init__()
         if blur_kernel < 1 or blur_kernel % 2 != 1:
             raise GenbenchError(f"bad value {blur_kernel} for blur_kernel: expected an odd size")
+        for name, pair in (("crop_scale", crop_scale), ("blur_sigma", blur_sigma)):
+            if len(pair) != 2 or pair[0] > pair[1]:
+                raise GenbenchError(f"bad value {pair!r} for {name}: expected two values lo,hi")
         self.rgb = channels == 3
         self.crop_scale, self.flip = tuple(crop_scale), flip
         self.jitter_prob = jitter_prob
@@ -123,7 +126,9 @@ class BatchAugment(nn.Module):
         self.blur_prob, self.blur_kernel = blur_prob, blur_kernel
         self.blur_sigma = tuple(blur_sigma)
         # seeded from the global RNG: the run's seed fixes the augmentation stream
-        self.generator = torch.Generator().manual_seed(int(torch.randint(2**62, (1,)).item()))
+        self.generator = torch.Generator().manual_seed(
+            int(torch.randint(2**62, (1,), device="cpu").item())
+        )
 
     # the generator's state travels with the weights (checkpoints, resumed runs)
     def get_extra_state(self) -> Tensor:

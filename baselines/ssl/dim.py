@@ -101,6 +101,15 @@ class DeepInfoMax(SelfSupervisedMethod):
     summary = "Deep InfoMax (Hjelm 2019): local/global MI (JSD or InfoNCE) + prior matching"
     hparam_choices = {"estimator": ESTIMATORS}
 
+    #: alpha, beta, gamma weigh the global MI, local MI and prior terms: 0 switches one off
+    hparam_ranges = {
+        "alpha": (0, None),
+        "beta": (0, None),
+        "gamma": (0, None),
+        "local_stage": (1, None),
+        "prior_lr": (0, None),  # 0 freezes the prior discriminator
+    }
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

@@ -98,6 +98,11 @@ class MaskedAutoencoderViT(nn.Module):
         mlp_ratio: float,
     ) -> None:
         super().__init__()
+        for where, dim, count in (("", width, heads), ("decoder_", decoder_width, decoder_heads)):
+            if dim % count:  # each attention head takes an equal share of the width
+                raise ValueError(
+                    f"mae.{where}width {dim} must be divisible by mae.{where}heads {count}"
+                )
         if spec.height % patch_size or spec.width % patch_size:
             raise ValueError(f"patch size {patch_size} does not divide {spec.scale} images")
         self.patch_size = patch_size
@@ -183,6 +188,8 @@ def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
 class MAE(SelfSupervisedMethod):
     summary = "Masked autoencoder (He 2022): ViT on 25% visible patches, light decoder"
     hparam_choices = {"feature": FEATURES}
+
+    hparam_ranges = {"mask_ratio": (0, 1, "()"), "mlp_ratio": (0, None, "(]")}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:

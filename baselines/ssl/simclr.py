@@ -28,7 +28,7 @@ Defaults and departures:
 from __future__ import annotations
 
 import math
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
@@ -52,6 +52,16 @@ def projection_head(feature_dim: int, projection_dim: int, batch_norm: bool) -> 
 class ContrastiveMethod(SelfSupervisedMethod):
     """What SimCLR and MoCo share: the batched augmentation (both views of a batch in one
     call) and AdamW with linear warm-up and cosine decay over the run (``budget_steps``)."""
+
+    #: augmentation strengths (shared by simclr and moco)
+    hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {
+        "crop_scale": (0, 1, "(]"),
+        "blur_sigma": (0, None, "(]"),
+        "brightness": (0, 1),
+        "contrast": (0, 1),
+        "saturation": (0, None),
+        "hue": (0, 0.5),
+    }
 
     @staticmethod
     def optimisation_hparams(spec: DataSpec) -> dict[str, Any]:

@@ -115,6 +115,8 @@ class VAE(Method):
     summary = "VAE: Gaussian posterior, discrete decoder; IWAE (k=100) and ELBO bounds"
     hparam_choices = {"decoder": DECODER_OUTPUTS, "sample_pixels": SAMPLE_PIXELS}
 
+    hparam_ranges = {"residual_blocks": (0, None)}
+
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {

@@ -209,6 +209,13 @@ class VQAutoencoder(Method):
     #: the optimiser of the first stage (vqgan adds its critic's)
     autoencoder_betas: ClassVar[tuple[float, float]] = (0.9, 0.999)
 
+    #: shared by vq-vae and vqgan; prior_fraction splits the budget between the two stages
+    hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {
+        "residual_blocks": (0, None),
+        "beta": (0, None),
+        "prior_fraction": (0, 1, "()"),
+    }
+
     def __init__(self, spec: DataSpec, **hparams: Any) -> None:
         super().__init__(spec)
         self.hparams = hparams
