@@ -6,7 +6,8 @@
     genbench sweep [--executor pool] [--workers N] ...  (runs as parallel processes)
     genbench train --method M [--seed S] ...          (one run; under torchrun, data-parallel)
     genbench report [--runs runs] [--protocol quick] [--dataset digits] [--out reports]
-    genbench compare EXPECTED.csv RESULTS_DIR [--update]
+    genbench compare EXPECTED.csv [RESULTS_DIR] [--update | --derive-tolerances | --clip]
+                     [--strict] [--methods a,b]
 
 Errors a user can cause print one line on stderr and exit with code 2.
 """
@@ -23,6 +24,8 @@ from typing import NoReturn
 from bench.errors import GenbenchError
 
 log = logging.getLogger("genbench")
+#: the folder under a results root where `genbench run` and `report` write leaderboards
+LEADERBOARDS = "leaderboards"
 
 
 class _Parser(argparse.ArgumentParser):
@@ -61,9 +64,24 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
     )
     parser.add_argument("--force", action="store_true", help="re-run finished runs")
     parser.add_argument(
-        "--reports", type=Path, default=Path("reports"), help="where the leaderboard is written"
+        "--reports",
+        type=Path,
+        default=None,
+        help="where the leaderboard is written (default: OUT/leaderboards; pass --reports "
+        "reports to refresh the committed tables)",
     )
     parser.add_argument("--no-report", action="store_true", help="do not write a leaderboard")
+
+
+def _positive_int(text: str) -> int:
+    """argparse type of counts (--workers, --slurm-gpus, --timeout-min): an integer >= 1."""
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}") from None
+    if not 1 <= value <= 2**31 - 1:
+        raise argparse.ArgumentTypeError(f"expected a positive integer, got {text!r}")
+    return value
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -102,16 +120,16 @@ def build_parser() -> argparse.ArgumentParser:
     )
     sweep.add_argument(
         "--workers",
-        type=int,
+        type=_positive_int,
         default=None,
         help="concurrent runs (pool default: one per visible GPU, else 1; "
         "slurm: the array's parallelism)",
     )
     sweep.add_argument("--slurm-partition", default=None)
-    sweep.add_argument("--slurm-gpus", type=int, default=1, help="GPUs per job (slurm)")
+    sweep.add_argument("--slurm-gpus", type=_positive_int, default=1, help="GPUs per job (slurm)")
     sweep.add_argument(
         "--timeout-min",
-        type=int,
+        type=_positive_int,
         default=24 * 60,
         help="per-job time limit (slurm); jobs that hit it are requeued",
     )
@@ -126,13 +144,18 @@ def build_parser() -> argparse.ArgumentParser:
     one = commands.add_parser("train", help="one run (method, seed); data-parallel under torchrun")
     _study_options(one)
     one.add_argument("--method", required=True)
-    one.add_argument("--seed", type=int, default=0)
+    one.add_argument("--seed", type=_seed_arg, default=0, help="one seed in [0, 2**31)")
 
     rep = commands.add_parser("report", help="aggregate results into a leaderboard")
     rep.add_argument("--runs", type=Path, default=Path("runs"))
     rep.add_argument("--protocol", default=None, help="default: every protocol found")
     rep.add_argument("--dataset", default=None, help="default: every dataset found")
-    rep.add_argument("--out", type=Path, default=Path("reports"))
+    rep.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="default: RUNS/leaderboards (pass --out reports to refresh the committed tables)",
+    )
     rep.add_argument(
         "--readme",
         type=Path,
@@ -141,13 +164,46 @@ def build_parser() -> argparse.ArgumentParser:
         help="also paste the leaderboard between the README's excerpt markers",
     )
 
-    cmp = commands.add_parser("compare", help="regression verdicts against an expected table")
+    cmp = commands.add_parser(
+        "compare",
+        help="regression verdicts against an expected table (docs/GATE.md)",
+        description="Exit 1 on a regression (and, with --strict, on an improvement); "
+        "--update, --derive-tolerances and --clip rewrite EXPECTED instead.",
+    )
     cmp.add_argument("expected", type=Path)
-    cmp.add_argument("results", type=Path, help="folder of result files, e.g. runs/quick/digits")
     cmp.add_argument(
+        "results",
+        type=Path,
+        nargs="?",
+        help="folder of result files of one protocol and dataset, e.g. runs/smoke/digits",
+    )
+    mode = cmp.add_mutually_exclusive_group()
+    mode.add_argument(
         "--update",
         action="store_true",
-        help="rewrite EXPECTED from the results (keeping tolerances)",
+        help="rewrite EXPECTED's values from the results (keeping tolerances and how they "
+        "were derived)",
+    )
+    mode.add_argument(
+        "--derive-tolerances",
+        action="store_true",
+        help="rewrite EXPECTED from a multi-seed study in RESULTS: seed 0's values, "
+        "tolerance = K x the seed-to-seed std (at least the metric's noise floor), clipped "
+        "so every row can fail",
+    )
+    mode.add_argument(
+        "--clip",
+        action="store_true",
+        help="rewrite EXPECTED with every tolerance clipped so its row can fail (no RESULTS)",
+    )
+    cmp.add_argument("--k", type=float, default=3.0, help="--derive-tolerances: K (default 3)")
+    cmp.add_argument(
+        "--strict", action="store_true", help="improvements beyond tolerance fail too (exit 1)"
+    )
+    cmp.add_argument(
+        "--methods",
+        default=None,
+        help="comma-separated: compare only these methods' rows (and their variants)",
     )
     return parser
 
@@ -182,12 +238,52 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _seeds(text: str | None) -> list[int] | None:
+    """``--seeds 0,1,2`` -> [0, 1, 2]; None keeps the protocol's. An empty list, a part that
+    is not an integer, a seed outside [0, 2**31) or a duplicate is an error, never a study
+    that silently runs nothing (or something else)."""
     if text is None:
         return None
+    from bench.protocol import check_seeds
+
+    parts = [s.strip() for s in text.split(",")]
+    if not text.strip():
+        raise GenbenchError("--seeds is empty: give comma-separated integers, e.g. 0,1,2")
     try:
-        return [int(s) for s in text.split(",") if s.strip()]
+        seeds = [int(s) for s in parts]
     except ValueError:
         raise GenbenchError(f"--seeds expects comma-separated integers, got {text!r}") from None
+    return list(check_seeds(seeds, "--seeds"))
+
+
+def _methods(text: str | None) -> list[str] | None:
+    """``--methods`` -> names; None (not given) means every method. An empty value is an
+    error: ``--methods ""`` from an unset shell variable must not run all 32 methods."""
+    from bench.registry import METHODS, parse_names
+
+    if text is None:
+        return None
+    return parse_names("method", text, METHODS)
+
+
+def _check_out(out: Path) -> None:
+    """--out must be (or become) a folder: a file there, or a file in its path, is one line
+    before anything runs instead of a traceback after the first run."""
+    for folder in (out, *out.parents):
+        if folder.exists():
+            if not folder.is_dir():
+                raise GenbenchError(f"--out {out}: {folder} exists and is not a folder")
+            return
+
+
+def _seed_arg(text: str) -> int:
+    """argparse type of ``train --seed``: one integer in [0, 2**31)."""
+    try:
+        seeds = _seeds(text)
+    except GenbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+    if seeds is None or len(seeds) != 1:
+        raise argparse.ArgumentTypeError(f"expected one integer seed, got {text!r}")
+    return seeds[0]
 
 
 def cmd_list(args: argparse.Namespace) -> int:
@@ -272,33 +368,46 @@ def _run(args: argparse.Namespace, methods: list[str] | None, seeds: list[int] |
         counts["diverged"],
         counts["failed"],
     )
-    if not args.no_report:
+    if not args.no_report and any(r.status == "ok" for r in results):
         folder = write_leaderboard(
-            args.out, study.protocol.name, study.protocol.dataset, args.reports
+            args.out, study.protocol.name, study.protocol.dataset, leaderboard_root(args)
         )
         print(f"leaderboard: {folder / 'leaderboard.md'}")
+    bad = [r for r in results if r.status != "ok"]
+    if bad:
+        listed = "; ".join(
+            f"{r.method} seed {r.seed} {r.status}" + (f" ({r.error})" if r.error else "")
+            for r in bad
+        )
+        print(f"genbench: {len(bad)} run(s) did not finish: {listed}", file=sys.stderr)
+        return 1
     return 0
 
 
-def cmd_run(args: argparse.Namespace) -> int:
-    from bench.registry import METHODS, parse_names
+def leaderboard_root(args: argparse.Namespace) -> Path:
+    """Leaderboards of a study go beside its results unless --reports names a folder, so a
+    user's run never rewrites the committed reference tables under reports/."""
+    return args.reports if args.reports is not None else args.out / LEADERBOARDS
 
-    methods = parse_names("method", args.methods, METHODS) if args.methods else None
-    return _run(args, methods, _seeds(args.seeds))
+
+def cmd_run(args: argparse.Namespace) -> int:
+    methods, seeds = _methods(args.methods), _seeds(args.seeds)
+    _check_out(args.out)
+    return _run(args, methods, seeds)
 
 
 def cmd_sweep(args: argparse.Namespace) -> int:
     from bench.executors import default_workers, run_pool
-    from bench.registry import METHODS, parse_names
     from bench.report import write_leaderboard
 
-    methods = parse_names("method", args.methods, METHODS) if args.methods else None
+    methods, seeds = _methods(args.methods), _seeds(args.seeds)
+    if args.workers is not None and args.workers < 1:  # 0 used to mean "the default"
+        raise GenbenchError(f"--workers must be at least 1, got {args.workers}")
+    _check_out(args.out)
     if args.executor == "local":
-        return _run(args, methods, _seeds(args.seeds))
-    workers = args.workers or default_workers()
-    if workers < 1:
-        raise GenbenchError(f"--workers must be at least 1, got {workers}")
-    study = _plan(args, methods, _seeds(args.seeds))  # validates everything before any run
+        return _run(args, methods, seeds)
+    workers = args.workers if args.workers is not None else default_workers()
+    study = _plan(args, methods, seeds)  # validates everything before any run
     train_args = [
         "--protocol",
         str(args.protocol),
@@ -329,7 +438,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         parameters = {
             "timeout_min": args.timeout_min,
             "name": "genbench",
-            "slurm_array_parallelism": args.workers or 64,
+            "slurm_array_parallelism": args.workers if args.workers is not None else 64,
         }
         if args.submitit_cluster in (None, "slurm"):
             parameters["gpus_per_node"] = args.slurm_gpus
@@ -344,7 +453,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     crashed = sorted(name for name, code in codes.items() if code != 0)
     if not args.no_report:
         folder = write_leaderboard(
-            args.out, study.protocol.name, study.protocol.dataset, args.reports
+            args.out, study.protocol.name, study.protocol.dataset, leaderboard_root(args)
         )
         print(f"leaderboard: {folder / 'leaderboard.md'}")
     if crashed:
@@ -378,7 +487,12 @@ def cmd_report(args: argparse.Namespace) -> int:
 
     if not args.runs.is_dir():
         raise GenbenchError(f"results folder {args.runs} does not exist")
-    found = sorted(p.name for p in args.runs.iterdir() if p.is_dir() and p.name[0] != ".")
+    out = args.out if args.out is not None else args.runs / LEADERBOARDS
+    found = sorted(
+        p.name
+        for p in args.runs.iterdir()
+        if p.is_dir() and p.name[0] != "." and p.name != LEADERBOARDS
+    )
     protocols = [args.protocol] if args.protocol else found
     written = 0
     for protocol in protocols:
@@ -389,7 +503,7 @@ def cmd_report(args: argparse.Namespace) -> int:
             [args.dataset] if args.dataset else sorted(d.name for d in base.iterdir() if d.is_dir())
         )
         for dataset in datasets:
-            folder = write_leaderboard(args.runs, protocol, dataset, args.out)
+            folder = write_leaderboard(args.runs, protocol, dataset, out)
             print(f"leaderboard: {folder / 'leaderboard.md'}")
             written += 1
             if args.readme:
@@ -402,31 +516,67 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 
 def cmd_compare(args: argparse.Namespace) -> int:
-    from bench.compare import compare, expected_from_results, read_expected
+    """The regression gate and the three ways to rewrite its table (docs/GATE.md)."""
+    from bench import compare as gate
 
-    if args.update:
-        previous = read_expected(args.expected) if args.expected.exists() else None
-        table = expected_from_results(args.results, previous)
-        from bench.results import write_text_atomic
-
-        write_text_atomic(args.expected, table.to_csv(index=False))
+    methods = [m.strip() for m in args.methods.split(",")] if args.methods is not None else None
+    if methods is not None and not all(methods):
+        raise GenbenchError(f"--methods {args.methods!r}: empty method name")
+    if args.clip:
+        table, dropped = gate.clip_table(gate.read_expected(args.expected))
+        for message in dropped:
+            print(message)
+        gate.write_expected(table, args.expected)
+        print(f"wrote {len(table)} expected rows to {args.expected}; every row can fail")
+        return 0
+    if args.results is None:
+        raise GenbenchError("compare needs a RESULTS folder (or --clip)")
+    if not args.results.is_dir():
+        raise GenbenchError(f"results folder {args.results} does not exist")
+    previous = gate.read_expected(args.expected) if args.expected.exists() else None
+    if args.update or args.derive_tolerances:
+        if args.derive_tolerances:
+            table, messages = gate.derive_expected(args.results, previous, k=args.k)
+            for message in messages:
+                print(message)
+        else:
+            table = gate.expected_from_results(args.results, previous)
+        gate.write_expected(table, args.expected)
         print(f"wrote {len(table)} expected rows to {args.expected}")
         return 0
-    if not args.expected.exists():
+    if previous is None:
         raise GenbenchError(
             f"expected table {args.expected} does not exist (create it with --update)"
         )
-    verdicts = compare(read_expected(args.expected), args.results)
+    loose = gate.rows_that_cannot_fail(gate.select_methods(previous, methods))
+    if len(loose):
+        print(f"warning: {len(loose)} row(s) cannot fail (fix with --clip):", file=sys.stderr)
+    verdicts = gate.compare(previous, args.results, methods)
     regressions = verdicts[verdicts["verdict"] == "regression"]
     improvements = verdicts[verdicts["verdict"] == "improvement"]
+    changed = verdicts[verdicts["verdict"] == "changed"]
+    strictly = "; failing: --strict" if args.strict else ""
+    if len(changed):
+        print(
+            "CHANGED on the table's own platform and seed, within tolerance (refresh with "
+            f"`genbench compare --update`{strictly}):"
+        )
+        print(changed.to_markdown(index=False, floatfmt=".6g"))
     if len(improvements):
-        print("improvements (refresh with `genbench compare --update`):")
+        print(
+            f"IMPROVEMENTS beyond tolerance (refresh with `genbench compare --update`{strictly}):"
+        )
         print(improvements.to_markdown(index=False, floatfmt=".4g"))
     if len(regressions):
         print("REGRESSIONS:")
         print(regressions.to_markdown(index=False, floatfmt=".4g"))
         return 1
-    print(f"no regressions: {len(verdicts)} metrics within tolerance or better")
+    if args.strict and (len(improvements) or len(changed)):
+        return 1
+    print(
+        f"no regressions: {len(verdicts)} metrics within tolerance"
+        f"{'' if args.strict else ' or better'}"
+    )
     return 0
 
 

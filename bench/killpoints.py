@@ -25,3 +25,26 @@ def kill_point(name: str) -> None:
     _counts[name] = _counts.get(name, 0) + 1
     if _counts[name] == int(nth or 1):
         os.kill(os.getpid(), signal.SIGKILL)
+
+
+def run_command(out: str | os.PathLike[str], methods: str, *extra: str) -> list[str]:
+    """``python -m bench.cli run`` on the smoke protocol, CPU, no leaderboard: the study that
+    kill, concurrency and fault-injection checks start as a separate process."""
+    import sys
+
+    return [
+        sys.executable,
+        "-m",
+        "bench.cli",
+        "run",
+        "--protocol",
+        "smoke",
+        "--device",
+        "cpu",
+        "--methods",
+        methods,
+        "--out",
+        str(out),
+        "--no-report",
+        *extra,
+    ]

@@ -8,12 +8,15 @@ protocols are the ``*.toml`` files in ``bench/protocols``. Lookups of unknown na
 from __future__ import annotations
 
 import importlib
+import re
 from collections.abc import Callable
 from typing import Any, Generic, TypeVar
 
 from bench.errors import GenbenchError, unknown_name
 
 T = TypeVar("T")
+#: what a registered name may be: it becomes a folder name and appears in HTML
+SAFE_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 
 
 class Registry(Generic[T]):
@@ -24,6 +27,13 @@ class Registry(Generic[T]):
         self._items: dict[str, T] = {}
 
     def register(self, name: str) -> Callable[[T], T]:
+        if not isinstance(name, str) or not SAFE_NAME.fullmatch(name):
+            # names become folder names (runs/<protocol>/<dataset>/<method>/) and HTML
+            raise GenbenchError(
+                f"{self.kind} name {name!r} is not allowed: use letters, digits, '.', '_' "
+                "and '-', starting with a letter or digit"
+            )
+
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
                 raise ValueError(f"{self.kind} {name!r} is registered twice")

@@ -27,6 +27,8 @@ import torch
 from bench import distributed
 from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
+from bench.killpoints import kill_point
+from bench.locks import RunLock
 from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Method
 from bench.metrics import fidelity, likelihood, probe, throughput
 from bench.metrics.extractors import (
@@ -35,11 +37,9 @@ from bench.metrics.extractors import (
     sha256_file,
     validate_extractor,
 )
+from bench.metrics.throughput import MemoryMonitor
 from bench.protocol import Protocol, load_protocol
 from bench.registry import EXTRACTORS, METHODS
-from bench.killpoints import kill_point
-from bench.locks import RunLock
-from bench.metrics.throughput import MemoryMonitor
 from bench.results import (
     RESULT_FILE,
     RunResult,
@@ -337,9 +337,7 @@ def config_hash(config: dict[str, Any]) -> str:
     hashed = {k: v for k, v in config.items() if k not in ("hash",)}
     protocol = hashed.get("protocol")
     if isinstance(protocol, dict) and isinstance(protocol.get("train"), dict):
-        train_settings = {
-            k: v for k, v in protocol["train"].items() if k not in NOT_HASHED_TRAIN
-        }
+        train_settings = {k: v for k, v in protocol["train"].items() if k not in NOT_HASHED_TRAIN}
         hashed["protocol"] = {**protocol, "train": train_settings}
     return hashlib.sha256(json.dumps(hashed, sort_keys=True, default=str).encode()).hexdigest()
 

@@ -163,9 +163,7 @@ def load_checkpoint(
         return None
     if identity is not None:
         theirs = state.get("identity")
-        if not isinstance(theirs, dict) or any(
-            theirs.get(k) != v for k, v in identity.items()
-        ):
+        if not isinstance(theirs, dict) or any(theirs.get(k) != v for k, v in identity.items()):
             raise GenbenchError(
                 f"checkpoint {path} belongs to another run ({_describe(theirs)}), not "
                 f"{_describe(identity)}; move it away to train this run"
@@ -255,7 +253,7 @@ def train(
     saves, save_seconds = 0, 0.0
     heartbeat = Heartbeat()
     losses: dict[str, float] = {}
-    save = dict(identity=identity, resume_key=resume_key, device=device)
+    save: dict[str, Any] = dict(identity=identity, resume_key=resume_key, device=device)
     method.train()
     with tqdm(
         total=budget,

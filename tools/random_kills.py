@@ -18,33 +18,23 @@ import random
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
+
+from bench.killpoints import run_command
 
 TIMINGS = ("sample_images_per_s", "sample_warmup_excluded")
 
 
 def command(out: Path, methods: str, budget: int) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bench.cli",
-        "run",
-        "--protocol",
-        "smoke",
-        "--device",
-        "cpu",
-        "--methods",
+    return run_command(
+        out,
         methods,
-        "--out",
-        str(out),
-        "--no-report",
         "--set",
         f"train.budget_images={budget}",
         "--set",
         "train.checkpoint_every_images=128",
-    ]
+    )
 
 
 def numbers(out: Path) -> dict[str, object]:

@@ -11,8 +11,7 @@ import sys
 import time
 from pathlib import Path
 
-import pytest
-
+from bench.killpoints import run_command
 from bench.locks import LOCK_FILE, RunLock
 from bench.results import FAILED_FILE, load_result
 
@@ -20,24 +19,7 @@ METHODS = "independent-pixels,nade,made,fvsbn"
 
 
 def command(out: Path, *extra: str) -> list[str]:
-    return [
-        sys.executable,
-        "-m",
-        "bench.cli",
-        "run",
-        "--protocol",
-        "smoke",
-        "--device",
-        "cpu",
-        "--methods",
-        METHODS,
-        "--out",
-        str(out),
-        "--set",
-        "train.budget_images=512",
-        "--no-report",
-        *extra,
-    ]
+    return run_command(out, METHODS, "--set", "train.budget_images=512", *extra)
 
 
 ENV = {**os.environ, "CI": "1", "GENBENCH_WAIT_POLL_SECONDS": "0.2"}
@@ -48,9 +30,7 @@ def test_two_concurrent_studies_run_every_run_once(tmp_path: Path) -> None:
     procs = []
     for log in logs:
         with open(log, "w") as handle:
-            procs.append(
-                subprocess.Popen(command(tmp_path / "runs"), stderr=handle, env=ENV)
-            )
+            procs.append(subprocess.Popen(command(tmp_path / "runs"), stderr=handle, env=ENV))
     for proc in procs:
         assert proc.wait(timeout=600) == 0
     text = "".join(log.read_text() for log in logs)
