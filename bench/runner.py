@@ -54,6 +54,7 @@ from bench.train import (
     CHECKPOINT_FILE,
     Diverged,
     Heartbeat,
+    Ticker,
     autocast,
     check_checkpoint_owner,
     load_checkpoint,
@@ -631,7 +632,8 @@ def evaluate(
             return done
         heartbeat.beat("%s: evaluating %s", label, name)
         seed_everything(section_seed(spec.seed, name))
-        value = compute()
+        with Ticker(f"{label}: evaluating {name}"):
+            value = compute()
         if value is not None:
             state.put(name, value)
         return value

@@ -137,3 +137,19 @@ def test_main_job_does_not_touch_committed_reports(tmp_path: Path, monkeypatch) 
     # and `genbench report` over runs/ does not mistake the leaderboards for a protocol
     assert main(["report", "--runs", "runs"]) == 0
     assert not list((tmp_path / "reports").iterdir())
+
+
+def test_long_evaluation_calls_log_a_heartbeat(caplog) -> None:
+    import logging
+
+    from bench.train import Ticker
+
+    caplog.set_level(logging.INFO, logger="bench.train")
+    with Ticker("m/seed-0: evaluating likelihood:0", every=0.05, enabled=True):
+        time.sleep(0.3)
+    ticks = [r.message for r in caplog.records if "still running after" in r.message]
+    assert len(ticks) >= 2 and ticks[0].startswith("m/seed-0: evaluating likelihood:0")
+    caplog.clear()
+    with Ticker("quiet", every=0.05, enabled=False):  # a terminal has its progress bar
+        time.sleep(0.15)
+    assert not caplog.records
