@@ -201,7 +201,10 @@ def finish_row(row: dict[str, Any]) -> dict[str, Any] | None:
     clipped = tolerances.clip(row["metric"], row["value"], row["tolerance"], row["direction"])
     if not clipped.usable:
         return None
-    return {**row, "tolerance": round(clipped.tolerance, 6), "note": clipped.note}
+    # a tolerance clipped when it was derived keeps saying so when a later --update
+    # finds it already within bounds
+    note = clipped.note or (row.get("note") or "")
+    return {**row, "tolerance": round(clipped.tolerance, 6), "note": note}
 
 
 def clip_table(table: pd.DataFrame) -> tuple[pd.DataFrame, list[str]]:
@@ -422,6 +425,7 @@ def expected_from_results(results_dir: Path, previous: pd.DataFrame | None = Non
                     "seeds": old.get("seeds", math.nan),
                     "spread_std": old.get("spread_std", math.nan),
                     "derivation": old.get("derivation") or DEFAULT_DERIVATION,
+                    "note": old.get("note") if isinstance(old.get("note"), str) else "",
                 }
             else:
                 provenance = {
