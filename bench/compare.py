@@ -99,7 +99,8 @@ def read_expected(path: Path) -> pd.DataFrame:
             na_values={"value": [""], "tolerance": [""], "spread_std": [""], "seeds": [""]},
         )
     except (OSError, ValueError, pd.errors.EmptyDataError) as exc:
-        raise GenbenchError(f"cannot read expected table {path}: {exc}") from None
+        reason = " ".join(str(exc).split())  # pandas' messages can span lines: one line
+        raise GenbenchError(f"cannot read expected table {path}: {reason}") from None
     return validate_expected(table, str(path))
 
 

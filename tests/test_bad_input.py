@@ -34,10 +34,7 @@ from bench.registry import METHODS
 
 #: case id -> reason; the lead removes an entry once its integration has landed. Empty
 #: when everything the matrix tests is in place (strict=False: a passing case is fine).
-NEEDS_INTEGRATION: dict[str, str] = {
-    "compare-binary": "bench/compare.py read_expected: pandas' tokenizer message ends in a "
-    "newline, so the error is two lines; join the message (' '.join(str(exc).split()))",
-}
+NEEDS_INTEGRATION: dict[str, str] = {}
 
 #: the module's study folders, for case set-ups that copy them (filled by the fixture)
 WORLD: dict[str, Path] = {}
