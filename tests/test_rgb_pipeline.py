@@ -82,6 +82,6 @@ def test_cifar10_with_local_inception_weights(tmp_path: Path, inception_weights:
     settings = result.metrics["fidelity"]["settings"]
     assert settings["extractor"] == "inception-v3-compat"
     assert settings["weights_sha256"] == sha256_file(inception_weights)
-    assert settings["num_samples"] == 16
+    assert settings["num_samples"] == 8  # the real-data row: the 8 test images, no duplicates
     board = (tmp_path / "reports/smoke-cifar10/leaderboard.md").read_text()
     assert "FID[inception-v3-compat]" in board

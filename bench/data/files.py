@@ -143,11 +143,14 @@ def _latin1_encode(text: str, encoding: str = "utf-8") -> bytes:
 
 
 def _cifar_globals() -> dict[tuple[str, str], Any]:
-    """The only callables a CIFAR-10 batch needs: numpy's array and dtype reconstruction
+    """The only callables a CIFAR-10 batch needs: numpy's array, scalar and dtype reconstruction
     (under its numpy 1 and numpy 2 module names, protocols 2 to 5) and latin-1 bytes.
     Taken from numpy's own ``__reduce__`` so that no module path is imported from the file."""
     reconstruct = np.ndarray.__reduce__(np.zeros(1))[0]
     frombuffer = np.ndarray.__reduce_ex__(np.zeros(1), 5)[0]
+    # numpy scalars (labels written as np.int64 by tools that re-save the batches): built
+    # from a dtype and raw bytes, nothing callable
+    scalar = np.int64(0).__reduce__()[0]
     allowed: dict[tuple[str, str], Any] = {
         ("numpy", "ndarray"): np.ndarray,
         ("numpy", "dtype"): np.dtype,
@@ -157,6 +160,7 @@ def _cifar_globals() -> dict[tuple[str, str], Any]:
     for module in ("numpy.core", "numpy._core"):
         allowed[(f"{module}.multiarray", "_reconstruct")] = reconstruct
         allowed[(f"{module}.numeric", "_frombuffer")] = frombuffer
+        allowed[(f"{module}.multiarray", "scalar")] = scalar
     return allowed
 
 
