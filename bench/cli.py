@@ -55,6 +55,16 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-download", action="store_true", help="never download datasets")
     parser.add_argument("--device", default="auto", help="auto | cpu | cuda | cuda:N")
     parser.add_argument("--precision", default="fp32", help="fp32 | bf16 (autocast)")
+    parser.add_argument(
+        "--channels-last",
+        action="store_true",
+        help="convolutions in NHWC (the layout GPU tensor cores want); recorded in the result",
+    )
+    parser.add_argument(
+        "--compile",
+        action="store_true",
+        help="torch.compile every network of the method; recorded in the result",
+    )
     parser.add_argument("--extractor", default=None, help="feature extractor for FID")
     parser.add_argument(
         "--feature-weights",
@@ -343,6 +353,8 @@ def _plan(args: argparse.Namespace, methods: list[str] | None, seeds: list[int] 
         args.precision,
         args.extractor,
         args.feature_weights,
+        args.channels_last,
+        args.compile,
     )
 
 
@@ -422,6 +434,10 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         "--extractor",
         study.extractor,
     ]
+    if args.channels_last:
+        train_args.append("--channels-last")
+    if args.compile:
+        train_args.append("--compile")
     for item in args.sets:
         train_args += ["--set", item]
     if args.data_root:

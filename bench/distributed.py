@@ -1,17 +1,26 @@
-"""One run on many devices: ``torchrun --nproc_per_node=N -m bench train --method M ...``.
+"""One run on many devices: ``torchrun --nproc_per_node=N -m bench train --method M ...``
+(several nodes: the same command on each node with ``--nnodes`` and a rendezvous endpoint;
+under Slurm, ``srun torchrun ...``; see README).
 
-Data parallel without wrapping the method, so that a method's own ``train_step`` (a GAN's
-alternating optimizers, a VQ-VAE's codebook) runs unchanged:
+PyTorch's own data parallelism, not a hand-written replacement:
 
-- every rank builds the same method (same seed; parameters broadcast from rank 0);
-- each global batch (the protocol's ``batch_size``) is split across ranks;
-- every optimizer registered with ``Method.add_optimizer`` averages gradients across ranks
-  in a step pre-hook, one coalesced all-reduce per step, so ranks take identical steps;
+- every rank builds the same method (same seed) and DDP broadcasts rank 0's parameters;
+- each global batch (the protocol's ``batch_size``) is split across ranks by position
+  (:func:`local_positions`), and per-example random numbers come from
+  :class:`bench.method.BatchNoise`, so each example gets the noise one process gives it;
+- each registered optimiser's parameters are one
+  :class:`torch.nn.parallel.DistributedDataParallel` group (:func:`wrap_group`; why per
+  group: :mod:`bench.optim`), which averages gradients in buckets during backward;
+  clipping happens after that, in the loop;
+- batch normalisation uses the statistics of the global batch (:func:`sync_batchnorm`:
+  ``torch.nn.SyncBatchNorm`` on GPUs, :class:`GlobalBatchNorm` with the same all-reduced
+  moments on CPU, where torch's own refuses to run), so BN networks train as in one
+  process; other buffers (EMA codebooks) are broadcast from rank 0 at the end of training;
+- a loss over the whole batch (SimCLR's negatives) gathers embeddings with
+  :func:`gather` (differentiable: each rank's gradient flows back to its own examples);
 - logged losses are averaged across ranks, so divergence is detected on every rank at once;
-- buffers (BatchNorm statistics, EMA codebooks) are rank-local during training and
-  broadcast from rank 0 at its end; a method that needs them synchronised during training
-  calls :func:`all_reduce_mean` itself;
-- rank 0 evaluates and writes the result; the other ranks wait.
+- evaluation is sharded (:mod:`bench.evaluation`): each rank samples, extracts or scores its
+  share of the chunks, rank 0 gathers and computes, and writes the result.
 """
 
 from __future__ import annotations
@@ -23,7 +32,7 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-from torch._utils import _flatten_dense_tensors, _unflatten_dense_tensors
+from torch import Tensor, nn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -67,12 +76,14 @@ def shutdown() -> None:
         dist.destroy_process_group()
 
 
-def local_slice(indices: torch.Tensor, info: DistInfo) -> torch.Tensor:
-    """This rank's share of a global batch."""
-    return indices[info.rank :: info.world_size] if info.enabled else indices
+def local_positions(global_size: int, info: DistInfo | None = None) -> Tensor:
+    """Positions (in the global batch) of this rank's share: rank r takes r, r + W, ..."""
+    info = info or current()
+    positions = torch.arange(global_size)
+    return positions[info.rank :: info.world_size] if info.enabled else positions
 
 
-def broadcast_module(module: torch.nn.Module) -> None:
+def broadcast_module(module: nn.Module) -> None:
     """Make every rank's parameters and buffers rank 0's."""
     if not current().enabled:
         return
@@ -81,27 +92,93 @@ def broadcast_module(module: torch.nn.Module) -> None:
             dist.broadcast(tensor.data, src=0)
 
 
-def _average_gradients(optimizer: torch.optim.Optimizer, args: Any, kwargs: Any) -> None:
-    grads = [
-        p.grad for group in optimizer.param_groups for p in group["params"] if p.grad is not None
-    ]
-    if not grads:
-        return
-    world = dist.get_world_size()
-    for dtype in {g.dtype for g in grads}:
-        same = [g for g in grads if g.dtype == dtype]
-        flat = _flatten_dense_tensors(same)
-        dist.all_reduce(flat)
-        flat.div_(world)
-        for grad, synced in zip(same, _unflatten_dense_tensors(flat, same), strict=True):
-            grad.copy_(synced)
+def wrap_group(group: nn.Module, device: torch.device) -> nn.Module:
+    """``DistributedDataParallel`` over one optimiser group (see :mod:`bench.optim`)."""
+    kwargs: dict[str, Any] = dict(find_unused_parameters=True, broadcast_buffers=False)
+    if device.type == "cuda":
+        kwargs["device_ids"] = [device.index if device.index is not None else 0]
+    return nn.parallel.DistributedDataParallel(group, **kwargs)
 
 
-def attach_gradient_averaging(optimizers: dict[str, torch.optim.Optimizer]) -> None:
+class GlobalBatchNorm(nn.BatchNorm2d):
+    """BatchNorm over the global batch on CPU ranks (gloo): the per-channel sum and sum of
+    squares are all-reduced with autograd (``torch.distributed.nn``), so forward and backward
+    equal one process's BatchNorm on the whole batch (Ioffe & Szegedy 2015, Algorithm 1;
+    what ``torch.nn.SyncBatchNorm`` does on GPUs). Outside training, or in one process, it is
+    ``nn.BatchNorm2d``."""
+
+    def forward(self, x: Tensor) -> Tensor:
+        if not (self.training and current().enabled):
+            return super().forward(x)
+        from torch.distributed.nn.functional import all_reduce
+
+        dims = [0, *range(2, x.dim())]
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
+        moments = torch.cat([count, x.sum(dims), (x * x).sum(dims)])
+        moments = all_reduce(moments)
+        n = moments[0]
+        mean = moments[1 : 1 + x.shape[1]] / n
+        var = (moments[1 + x.shape[1] :] / n - mean * mean).clamp_min(0)
+        if self.track_running_stats and self.running_mean is not None:
+            with torch.no_grad():
+                momentum = 0.1 if self.momentum is None else self.momentum
+                unbiased = var * n / (n - 1).clamp_min(1)
+                self.running_mean.lerp_(mean.detach(), momentum)
+                self.running_var.lerp_(unbiased.detach(), momentum)  # type: ignore[union-attr]
+                self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
+        shape = [1, -1] + [1] * (x.dim() - 2)
+        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        if self.affine:
+            y = y * self.weight.view(shape) + self.bias.view(shape)
+        return y
+
+
+def sync_batchnorm(module: nn.Module, device: torch.device) -> nn.Module:
+    """Swap every BatchNorm of ``module`` for its global-batch version under torchrun (the
+    same parameters and buffers, so optimisers and checkpoints are unaffected)."""
     if not current().enabled:
-        return
-    for optimizer in optimizers.values():
-        optimizer.register_step_pre_hook(_average_gradients)
+        return module
+    if device.type == "cuda":
+        return nn.SyncBatchNorm.convert_sync_batchnorm(module)
+    for name, child in list(module.named_children()):
+        if isinstance(child, nn.modules.batchnorm._BatchNorm) and not isinstance(
+            child, GlobalBatchNorm
+        ):
+            swapped = GlobalBatchNorm(
+                child.num_features, child.eps, child.momentum, child.affine,
+                child.track_running_stats,
+            )  # fmt: skip
+            if child.affine:
+                swapped.weight, swapped.bias = child.weight, child.bias
+            swapped.running_mean = child.running_mean
+            swapped.running_var = child.running_var
+            swapped.num_batches_tracked = child.num_batches_tracked
+            swapped.train(child.training)
+            setattr(module, name, swapped)
+        else:
+            sync_batchnorm(child, device)
+    return module
+
+
+def gather(x: Tensor) -> Tensor:
+    """Every rank's ``x`` concatenated along dim 0 in rank order, differentiable: the
+    gradient of a loss every rank computes identically flows back to each rank's own part
+    (identity in one process)."""
+    if not current().enabled:
+        return x
+    from torch.distributed.nn.functional import all_gather
+
+    return torch.cat(all_gather(x.contiguous()), dim=0)
+
+
+def gather_tensor(x: Tensor) -> Tensor:
+    """Every rank's ``x`` (same shape on every rank) concatenated along dim 0 in rank order,
+    without autograd (evaluation)."""
+    if not current().enabled:
+        return x
+    parts = [torch.empty_like(x) for _ in range(dist.get_world_size())]
+    dist.all_gather(parts, x.contiguous())
+    return torch.cat(parts, dim=0)
 
 
 def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str, float]:
@@ -113,3 +190,4 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     dist.all_reduce(tensor)
     tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist(), strict=True))
+

@@ -3,10 +3,19 @@
 The harness never asks what family a method is; it asks what the method can do. A method is
 an ``nn.Module`` built from the dataset's :class:`DataSpec` and keyword hyper-parameters, with
 
-- ``train_step(batch, step) -> dict[str, float]``: one optimisation step, optimizer calls
-  included. The loop owns batching, the budget, EMA, checkpoints and timing. A step that
-  consumes more images than the batch it was given (a GAN's generator batch) reports the
-  total under the key ``"images"``.
+- ``train_step(batch, step)``: a generator that yields the :class:`Update` s of one training
+  step, each naming an optimiser registered with :meth:`Method.add_optimizer` and a closure
+  computing its loss (a GAN yields a critic update and, every ``critic_steps``-th step, a
+  generator update; code after a ``yield`` runs after that update was applied). The method
+  owns its paper's losses and nothing else: the loop (:mod:`bench.optim`) does zero_grad,
+  backward, gradient synchronisation across ranks (PyTorch DDP), clipping, the optimiser
+  step, the learning-rate schedule, gradient accumulation and autocast; :mod:`bench.train`
+  owns batching, the budget, EMA, checkpoints and timing. An update that consumes images
+  beyond the batch it was given (a GAN's generator batch) says so in ``Update.images``.
+  Per-example randomness of a loss (diffusion times and noise, latents, dequantization
+  noise, augmentations) comes from ``batch.randn`` / ``batch.rand`` / ``batch.randint`` /
+  ``batch.generator``: a function of (run seed, step, example), so two ranks, or four
+  accumulated micro-batches, draw for each example what one process draws for it.
 - the optional capabilities declared in ``capabilities``:
   ``sample(n, generator, labels=None)`` images in [0, 1] of shape (n, C, H, W) (a
   ``class_conditional`` method gets labels (n,) and should draw images of those classes);
@@ -21,6 +30,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -60,15 +70,118 @@ class DataSpec:
         return f"{self.height}x{self.width}"
 
 
+class BatchNoise:
+    """Per-example random numbers of one training step, identical however the global batch
+    is split (ranks, accumulation micro-batches).
+
+    Every call draws the next block for the *whole* global batch, ``(global_size, *shape)``,
+    from a generator seeded by (run seed, step) and returns the rows of this batch's
+    examples (``positions`` in the global batch). Calls must come in the same order on every
+    part, which they do: every part runs the same ``train_step``. The draw costs the global
+    batch's numbers on every rank: negligible next to any network."""
+
+    def __init__(
+        self, seed: int, positions: Tensor, global_size: int, device: torch.device | str = "cpu"
+    ) -> None:
+        self.seed = seed
+        self.positions = positions
+        self.global_size = global_size
+        self.device = torch.device(device)
+        self._generator = torch.Generator(device=self.device).manual_seed(seed)
+        self._index = positions.to(self.device)
+
+    def randn(self, *shape: int) -> Tensor:
+        """N(0, 1) of shape (batch, *shape)."""
+        full = torch.randn(self.global_size, *shape, generator=self._generator, device=self.device)
+        return full[self._index]
+
+    def rand(self, *shape: int) -> Tensor:
+        """U[0, 1) of shape (batch, *shape)."""
+        full = torch.rand(self.global_size, *shape, generator=self._generator, device=self.device)
+        return full[self._index]
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        """Integers in [0, high) of shape (batch, *shape)."""
+        full = torch.randint(
+            high, (self.global_size, *shape), generator=self._generator, device=self.device
+        )
+        return full[self._index]
+
+    def generators(self) -> list[torch.Generator]:
+        """One generator per example (seeded from this stream), for code that draws a
+        variable amount per example (random augmentations)."""
+        seeds = self.randint(2**62)
+        return [torch.Generator(device="cpu").manual_seed(int(s)) for s in seeds.tolist()]
+
+
 @dataclasses.dataclass
 class Batch:
-    """A training batch: images in [0, 1] (B, C, H, W) and integer labels (B,)."""
+    """A training batch: images in [0, 1] (B, C, H, W), integer labels (B,), and the
+    per-example random numbers of this step (:class:`BatchNoise`)."""
 
     x: Tensor
     y: Tensor
+    noise: BatchNoise | None = None
 
     def __len__(self) -> int:
         return int(self.x.shape[0])
+
+    def _noise(self) -> BatchNoise:
+        if self.noise is None:  # a batch built by hand (tests, one-off calls)
+            self.noise = BatchNoise(0, torch.arange(len(self)), len(self), self.x.device)
+        return self.noise
+
+    def randn(self, *shape: int) -> Tensor:
+        """Per-example N(0, 1) of shape (B, *shape) on the batch's device."""
+        return self._noise().randn(*shape).to(self.x.device)
+
+    def randn_like(self, x: Tensor) -> Tensor:
+        """Per-example N(0, 1) shaped and typed like ``x`` (whose first dimension is B)."""
+        return self.randn(*x.shape[1:]).to(x.dtype)
+
+    def rand(self, *shape: int) -> Tensor:
+        """Per-example U[0, 1) of shape (B, *shape)."""
+        return self._noise().rand(*shape).to(self.x.device)
+
+    def randint(self, high: int, *shape: int) -> Tensor:
+        """Per-example integers in [0, high) of shape (B, *shape)."""
+        return self._noise().randint(high, *shape).to(self.x.device)
+
+    def generators(self) -> list[torch.Generator]:
+        """A CPU generator per example, for draws of variable size (augmentations)."""
+        return self._noise().generators()
+
+
+#: the schedules of :func:`bench.optim.lr_factor`
+SCHEDULES = ("constant", "warmup", "warmup-cosine")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimizerSettings:
+    """What the loop does around one registered optimiser (see :meth:`Method.add_optimizer`)."""
+
+    #: max global gradient norm after synchronisation; 0: no clipping (the norm is logged)
+    grad_clip: float = 0.0
+    #: learning-rate schedule: constant, linear warm-up then constant, or warm-up + cosine
+    schedule: str = "constant"
+    warmup_steps: int = 0
+    #: the cosine's floor as a fraction of the base learning rate
+    final_lr_fraction: float = 0.0
+
+
+@dataclasses.dataclass
+class Update:
+    """One optimiser update of a training step, applied by the loop.
+
+    ``loss()`` returns the scalar to minimise, or ``(loss, logs)`` with extra scalars to log
+    (floats or 0-d tensors). The loop calls it (inside the optimiser group's
+    ``DistributedDataParallel`` under torchrun, under autocast with ``--precision bf16``),
+    then zero_grad, backward, synchronises, clips and steps. ``images``: images this update
+    consumed beyond the batch (a GAN generator update's fake batch)."""
+
+    optimizer: str
+    loss: Callable[[], Tensor | tuple[Tensor, dict[str, Any]]]
+    images: int = 0
 
 
 def to_levels(x: Tensor, num_levels: int) -> Tensor:
@@ -125,6 +238,7 @@ class Method(nn.Module):
         super().__init__()
         self.spec = spec
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
+        self.optimizer_settings: dict[str, OptimizerSettings] = {}
 
     # -- hyper-parameters ---------------------------------------------------------------
     @classmethod
@@ -204,7 +318,8 @@ class Method(nn.Module):
         which only the real-data reference row may use). Closed-form rows fit here."""
 
     # -- training ----------------------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        """Yield the updates of one training step (see the module docstring)."""
         raise NotImplementedError(f"{self.name} does not train")
 
     def set_budget(self, budget_images: int, batch_size: int) -> None:
@@ -212,9 +327,31 @@ class Method(nn.Module):
         self.budget_images = budget_images
         self.budget_steps = -(-budget_images // batch_size)
 
-    def add_optimizer(self, name: str, optimizer: torch.optim.Optimizer) -> None:
-        """Register an optimizer so that checkpoints (and resumed runs) include its state."""
+    def add_optimizer(
+        self,
+        name: str,
+        optimizer: torch.optim.Optimizer,
+        *,
+        grad_clip: float = 0.0,
+        schedule: str = "constant",
+        warmup_steps: int = 0,
+        final_lr_fraction: float = 0.0,
+    ) -> None:
+        """Register an optimizer: the loop steps it for every :class:`Update` naming it, clips
+        its parameters' global gradient norm to ``grad_clip`` (after the gradients were
+        averaged across ranks; 0: no clipping) and sets its learning rate each step to the
+        base rate times :func:`bench.optim.lr_factor` of ``schedule``. Checkpoints (and
+        resumed runs) include its state. Its parameters are one DDP group under torchrun."""
+        if schedule not in SCHEDULES:
+            raise GenbenchError(
+                f"{self.name}: unknown schedule {schedule!r}. Valid: {', '.join(SCHEDULES)}"
+            )
+        for group in optimizer.param_groups:
+            group.setdefault("initial_lr", group["lr"])
         self.optimizers[name] = optimizer
+        self.optimizer_settings[name] = OptimizerSettings(
+            float(grad_clip), schedule, int(warmup_steps), float(final_lr_fraction)
+        )
 
     def training_state(self) -> dict[str, Any]:
         """Weights, buffers and optimizer states: everything a resumed run needs."""

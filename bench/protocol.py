@@ -30,6 +30,9 @@ class TrainSettings:
     checkpoint_every_images: int = 0
     #: steps excluded from the training-throughput window (warm-up, allocator, caches)
     throughput_warmup_steps: int = 5
+    #: micro-batches per rank and step (gradient accumulation): the gradient is the global
+    #: batch's either way; memory falls with it (BatchNorm sees the micro-batch)
+    accumulate: int = 1
 
 
 @dataclasses.dataclass(frozen=True)
@@ -106,6 +109,7 @@ SETTING_RANGES: dict[str, tuple[Any, ...]] = {
     "batch_size": (1, None),
     "checkpoint_every_images": (0, None),  # 0: only at the end
     "throughput_warmup_steps": (0, None),
+    "accumulate": (1, None),
     "fid_samples": (2, None),
     "kid_subset_size": (2, None),
     "kid_subsets": (1, None),

@@ -25,6 +25,8 @@ import numpy as np
 import torch
 
 from bench import distributed
+from bench.optim import autocast
+from bench.seeds import section_seed
 from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
 from bench.killpoints import kill_point
@@ -55,7 +57,6 @@ from bench.train import (
     Diverged,
     Heartbeat,
     Ticker,
-    autocast,
     check_checkpoint_owner,
     load_checkpoint,
     train,
@@ -91,6 +92,9 @@ class Study:
     precision: str = "fp32"
     feature_weights: str | None = None
     feature_weights_sha: str | None = None
+    #: GPU fast paths (bench.optim.prepare_fast_paths), part of the training configuration
+    channels_last: bool = False
+    compile: bool = False
 
 
 def resolve_device(name: str) -> torch.device:
@@ -161,6 +165,8 @@ def plan_study(
     precision: str = "fp32",
     extractor: str | None = None,
     feature_weights: str | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> Study:
     protocol = load_protocol(protocol_name)
     if dataset:
@@ -205,7 +211,16 @@ def plan_study(
             runs.append(spec)
         resolved[name] = hparams
     return Study(
-        protocol, data, runs, extractor, torch_device, precision, feature_weights, weights_sha
+        protocol,
+        data,
+        runs,
+        extractor,
+        torch_device,
+        precision,
+        feature_weights,
+        weights_sha,
+        channels_last,
+        compile,
     )
 
 
@@ -298,6 +313,8 @@ def train_config(spec: RunSpec, study: Study) -> dict[str, Any]:
         "seed": spec.seed,
         "precision": study.precision,
     }
+    if study.channels_last or study.compile:  # absent when off: older results keep their hash
+        config["fast_paths"] = {"channels_last": study.channels_last, "compile": study.compile}
     if METHODS.get(spec.method).weights_from:
         # a re-trained source makes this run stale: its config hash is part of ours
         source = source_spec(spec)
@@ -347,13 +364,6 @@ def seed_everything(seed: int) -> None:
     random.seed(seed)
     np.random.seed(seed % 2**32)
     torch.manual_seed(seed)
-
-
-def section_seed(seed: int, section: str) -> int:
-    """The seed of one evaluation section: a function of (run seed, section) only, so a
-    resumed evaluation that skips finished sections draws what an uninterrupted one draws."""
-    digest = hashlib.sha256(f"{seed}:{section}".encode()).digest()
-    return int.from_bytes(digest[:4], "little")
 
 
 def is_finished(spec: RunSpec, digest: str) -> bool:
@@ -537,11 +547,7 @@ def execute_run(
             if method.weights_from:
                 source_result(spec)
                 load_source_weights(method, spec, device)
-            if dist_info.enabled:
-                distributed.broadcast_module(method)
-                distributed.attach_gradient_averaging(method.optimizers)
-                if dist_info.rank:  # the same weights, but each rank its own noise
-                    torch.manual_seed(spec.seed * 7919 + dist_info.rank)
+            distributed.broadcast_module(method)  # the same weights on every rank
             outcome = None
             if method.trainable and spec.protocol.train.budget_images > 0:
                 outcome = train(
@@ -556,6 +562,8 @@ def execute_run(
                     f"{spec.method}/seed-{spec.seed}",
                     config["train_hash"],
                     identity,
+                    study.channels_last,
+                    study.compile,
                 )
             timings["train_wall_s"] = time.perf_counter() - started
             method.eval()

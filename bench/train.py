@@ -1,6 +1,12 @@
 """The one training loop: a budget in images seen, seeded batches, EMA, checkpoints, resume,
 divergence detection and throughput timing. Every method trains here; a method only says
-what one step does (``Method.train_step``).
+which losses one step minimises (``Method.train_step`` yields :class:`~bench.method.Update` s)
+and :mod:`bench.optim` applies them (backward, DDP, clipping, schedule, accumulation, bf16).
+
+Every random stream of training is derived in :mod:`bench.seeds` from the run's seed: the
+batch order (:func:`batch_indices`), each step's per-example noise
+(:class:`~bench.method.BatchNoise`), nothing from the rank: a 2-rank or accumulated run
+draws what one process draws.
 
 Checkpoints are what make a study survive ``kill -9``:
 
@@ -29,7 +35,6 @@ import os
 import sys
 import threading
 import time
-from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -37,10 +42,11 @@ import torch
 from torch import Tensor
 from tqdm import tqdm
 
-from bench import distributed
+from bench import distributed, seeds
 from bench.errors import GenbenchError
 from bench.killpoints import kill_point
-from bench.method import Batch, Method
+from bench.method import Batch, BatchNoise, Method
+from bench.optim import Optimisation, prepare_fast_paths
 from bench.metrics.throughput import StepTimer
 from bench.protocol import TrainSettings
 
@@ -106,15 +112,41 @@ def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> Tens
     batch_size = min(batch_size, num_items)
     per_epoch = num_items // batch_size
     epoch, offset = divmod(step, per_epoch)
-    generator = torch.Generator().manual_seed(seed * 1_000_003 + epoch)
+    generator = torch.Generator().manual_seed(seeds.epoch_seed(seed, epoch))
     perm = torch.randperm(num_items, generator=generator)
     return perm[offset * batch_size : (offset + 1) * batch_size]
 
 
-def autocast(device: torch.device, precision: str) -> AbstractContextManager[Any]:
-    if precision == "bf16":
-        return torch.autocast(device_type=device.type, dtype=torch.bfloat16)
-    return nullcontext()
+def step_batches(
+    images: Tensor,
+    labels: Tensor,
+    seed: int,
+    step: int,
+    batch_size: int,
+    accumulate: int,
+    device: torch.device,
+    channels_last: bool = False,
+) -> list[Batch]:
+    """This rank's micro-batches of global step ``step``: the global batch's indices, this
+    rank's positions in it (:func:`bench.distributed.local_positions`), split into
+    ``accumulate`` micro-batches, each with the per-example noise of its positions."""
+    idx = batch_indices(len(images), batch_size, seed, step)
+    positions = distributed.local_positions(len(idx))
+    if accumulate > len(positions):
+        raise GenbenchError(
+            f"train.accumulate {accumulate} is larger than the {len(positions)} images of "
+            "this rank's batch"
+        )
+    noise_seed = seeds.train_noise_seed(seed, step)
+    batches = []
+    for part in positions.chunk(accumulate):
+        chosen = idx[part].to(images.device)
+        x = images[chosen].to(device, non_blocking=True)
+        if channels_last and x.dim() == 4:
+            x = x.contiguous(memory_format=torch.channels_last)
+        y = labels[chosen].to(device, non_blocking=True)
+        batches.append(Batch(x, y, BatchNoise(noise_seed, part, len(idx), device)))
+    return batches
 
 
 def progress_enabled() -> bool:
@@ -242,13 +274,16 @@ def train(
     description: str = "",
     resume_key: str = "",
     identity: dict[str, Any] | None = None,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> TrainOutcome:
     """Train ``method`` on ``images`` (float, [0, 1]) until ``settings.budget_images``.
 
     ``resume_key`` names the training configuration: a checkpoint with another key is not
     resumed. ``identity`` (method, dataset, protocol, seed) names the run: a checkpoint of
     another run is refused. Under torchrun each rank trains on its share of every global
-    batch (see :mod:`bench.distributed`); images seen count the whole global batch."""
+    batch (see :mod:`bench.distributed`); images seen count the whole global batch.
+    ``channels_last`` and ``compile`` are the GPU fast paths of :func:`prepare_fast_paths`."""
     budget = settings.budget_images
     dist_info = distributed.current()
     if dist_info.enabled and settings.batch_size % dist_info.world_size:
@@ -256,6 +291,7 @@ def train(
             f"batch_size {settings.batch_size} is not divisible by the {dist_info.world_size} ranks"
         )
     method.set_budget(budget, settings.batch_size)
+    distributed.sync_batchnorm(method, device)
     ema = EMA(method, method.ema_decay) if method.ema_decay else None
     images_seen, step = 0, 0
     checkpoint = run_dir / CHECKPOINT_FILE if run_dir else None
@@ -275,6 +311,10 @@ def train(
             torch.cuda.set_rng_state(state["rng_cuda"], device)
         log.info("%s: resumed at %d images (step %d)", description, images_seen, step)
     resumed_from = images_seen
+    optimisation = Optimisation(method, device, precision, settings.accumulate)
+    prepare_fast_paths(method, channels_last, compile)
+    images = keep_on_device(images, device)
+    labels = labels.to(images.device)
     timer = StepTimer(device, settings.throughput_warmup_steps)
     if state is not None and state.get("timer"):  # throughput of the part before the resume
         timer.images, timer.seconds = state["timer"]["images"], state["timer"]["seconds"]
@@ -294,15 +334,19 @@ def train(
         leave=False,
     ) as bar:
         while images_seen < budget:
-            idx = batch_indices(len(images), settings.batch_size, seed, step)
-            idx = distributed.local_slice(idx, dist_info)
-            batch = Batch(
-                images[idx].to(device, non_blocking=True), labels[idx].to(device, non_blocking=True)
+            batches = step_batches(
+                images,
+                labels,
+                seed,
+                step,
+                settings.batch_size,
+                settings.accumulate,
+                device,
+                channels_last,
             )
             timer.start()
-            with autocast(device, precision):
-                losses = method.train_step(batch, step)
-            used = int(losses.pop("images", len(batch))) * dist_info.world_size
+            losses, used = optimisation.step(batches, step)
+            used *= dist_info.world_size
             timer.stop(used)
             losses = distributed.all_reduce_mean(losses, device)
             for key, value in losses.items():
@@ -349,6 +393,21 @@ def train(
         saves,
         save_seconds,
     )
+
+
+#: the share of free GPU memory the training images may take to be kept on the device
+DEVICE_DATA_FRACTION = 0.25
+
+
+def keep_on_device(images: Tensor, device: torch.device) -> Tensor:
+    """The training images on ``device`` when they fit in a quarter of its free memory (no
+    per-step host-to-device copies), else where they are (batches are copied per step)."""
+    if device.type != "cuda" or images.device == device:
+        return images
+    free, _ = torch.cuda.mem_get_info(device)
+    if images.numel() * images.element_size() > DEVICE_DATA_FRACTION * free:
+        return images
+    return images.to(device)
 
 
 def _next_multiple(images_seen: int, every: int) -> int:

@@ -13,7 +13,7 @@ One ``train_step`` is one CRITIC update on the batch the harness gives; every
 iteration reads a fresh real minibatch of the full batch size from the harness's seeded
 stream, as in the papers' algorithms (WGAN Algorithm 1 samples a new real batch in each of
 its n_critic iterations), and one cycle of ``critic_steps`` calls is one generator
-iteration. Images seen (returned under ``"images"``) count the real batch of every critic
+iteration. Images seen (``Update.images`` of the generator update) count the real batch of every critic
 step plus the generated batch of every generator update (PROTOCOL.md: a GAN's critic and
 generator batches both count): B (critic_steps + 1) per generator iteration for batch B.
 The fake images the critic scores inside its own step are not counted again.
@@ -21,7 +21,7 @@ The fake images the critic scores inside its own step are not counted again.
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -30,7 +30,16 @@ from torch import Tensor, nn
 from baselines.common.dcgan import Critic, Generator
 from baselines.gan import losses
 from bench.errors import GenbenchError
-from bench.method import ENCODE, SAMPLE, Batch, DataSpec, Method, from_levels, to_levels
+from bench.method import (
+    ENCODE,
+    SAMPLE,
+    Batch,
+    DataSpec,
+    Method,
+    Update,
+    from_levels,
+    to_levels,
+)
 
 #: network sizes shared by all six methods, per data scale (identical latent shapes)
 NETWORK_SIZES: dict[str, dict[str, int]] = {
@@ -63,10 +72,10 @@ def adam_hparams(lr: float, beta1: float, beta2: float) -> dict[str, float]:
     return {"lr": lr, "adam_beta1": beta1, "adam_beta2": beta2}
 
 
-def random_interpolates(real: Tensor, fake: Tensor) -> Tensor:
+def random_interpolates(real: Tensor, fake: Tensor, batch: Batch) -> Tensor:
     """eps x_r + (1 - eps) x_f with eps ~ U[0, 1] per pair: the penalty points of WGAN-GP
     and WGAN-div."""
-    alpha = torch.rand(real.shape[0], device=real.device)
+    alpha = batch.rand().to(real.dtype)
     return losses.interpolates(real, fake.detach(), alpha)
 
 
@@ -114,10 +123,11 @@ class GANMethod(Method):
 
     # -- what a paper changes --------------------------------------------------------------
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         """The critic's loss to minimise (real and fake images (B, C, H, W) in [-1, 1] and
-        their scores (B,)), and extra terms to log."""
+        their scores (B,)), and extra terms to log; per-example randomness (penalty
+        interpolates) comes from ``batch``."""
         raise NotImplementedError
 
     def generator_objective(self, real: Tensor, fake_scores: Tensor) -> Tensor:
@@ -135,46 +145,44 @@ class GANMethod(Method):
         """Hook after the critic's optimiser step (WGAN: weight clipping)."""
 
     # -- the shared loop -----------------------------------------------------------------------
-    def latents(self, n: int, generator: torch.Generator | None = None) -> Tensor:
-        """z ~ N(0, I), (n, latent_dim); from ``generator`` when given, else the global RNG."""
-        device = generator.device if generator is not None else self.device
-        z = torch.randn(n, self.latent_dim, generator=generator, device=device)
+    def latents(self, n: int, source: torch.Generator | Batch | None = None) -> Tensor:
+        """z ~ N(0, I), (n, latent_dim): from a sampling generator, or per example from a
+        training batch's noise (``source`` a :class:`Batch` of n examples)."""
+        if isinstance(source, Batch):
+            return source.randn(self.latent_dim).to(self.device)
+        device = source.device if source is not None else self.device
+        z = torch.randn(n, self.latent_dim, generator=source, device=device)
         return z.to(self.device)
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
         real = batch.x * 2 - 1  # [0, 1] -> [-1, 1], the range of the generator's tanh
         size = len(batch)
+
         # critic iteration: a fresh real batch, a fresh fake batch
-        self.before_critic_step()
-        with torch.no_grad():
-            fake = self.generator(self.latents(size))
-        real_scores, fake_scores = self.critic(real), self.critic(fake)
-        critic_loss, terms = self.critic_objective(real, fake, real_scores, fake_scores)
-        critic_opt = self.optimizers["critic"]
-        critic_opt.zero_grad(set_to_none=True)
-        critic_loss.backward()
-        critic_opt.step()
+        def critic_loss() -> tuple[Tensor, dict[str, float]]:
+            self.before_critic_step()
+            with torch.no_grad():
+                fake = self.generator(self.latents(size, batch))
+            real_scores, fake_scores = self.critic(real), self.critic(fake)
+            loss, terms = self.critic_objective(real, fake, real_scores, fake_scores, batch)
+            return loss, {
+                "real_score": real_scores.mean().detach(),
+                "fake_score": fake_scores.mean().detach(),
+                **terms,
+            }
+
+        yield Update("critic", critic_loss)
         self.after_critic_step()
-        logs = {
-            "critic_loss": critic_loss.item(),
-            "real_score": real_scores.mean().item(),
-            "fake_score": fake_scores.mean().item(),
-            **terms,
-        }
-        images = size
         # generator iteration after every critic_steps critic iterations
         if (step + 1) % self.critic_steps == 0:
+
+            def generator_loss() -> Tensor:
+                fake_scores = self.critic(self.generator(self.latents(size, batch)))
+                return self.generator_objective(real, fake_scores)
+
             self.critic.requires_grad_(False)  # gradients flow through it, not into it
-            fake_scores_g = self.critic(self.generator(self.latents(size)))
-            generator_loss = self.generator_objective(real, fake_scores_g)
-            generator_opt = self.optimizers["generator"]
-            generator_opt.zero_grad(set_to_none=True)
-            generator_loss.backward()
-            generator_opt.step()
+            yield Update("generator", generator_loss, images=size)
             self.critic.requires_grad_(True)
-            logs["generator_loss"] = generator_loss.item()
-            images += size
-        return {**logs, "images": images}
 
     # -- capabilities --------------------------------------------------------------------------
     @torch.no_grad()

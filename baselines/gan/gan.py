@@ -20,7 +20,7 @@ from torch import Tensor
 
 from baselines.gan import losses
 from baselines.gan.base import GANMethod, adam_hparams
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 
@@ -40,7 +40,7 @@ class GAN(GANMethod):
         }
 
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         return losses.gan_critic_loss(real_scores, fake_scores), {}
 

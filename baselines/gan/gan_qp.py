@@ -26,7 +26,7 @@ from torch import Tensor
 
 from baselines.gan import losses
 from baselines.gan.base import GANMethod, adam_hparams
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 
@@ -49,7 +49,7 @@ class GANQP(GANMethod):
         }
 
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         distance = losses.qp_distance(real, fake, self.hparams["distance"])  # (B,)
         loss = losses.qp_critic_loss(real_scores, fake_scores, distance, self.hparams["qp_lambda"])

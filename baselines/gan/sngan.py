@@ -29,7 +29,7 @@ from torch.nn.utils import parametrize
 
 from baselines.gan import losses
 from baselines.gan.base import GANMethod, adam_hparams
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 
@@ -97,6 +97,6 @@ class SNGAN(GANMethod):
         power_iteration(self.normalised_layers, self.hparams["power_iterations"])
 
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         return losses.hinge_critic_loss(real_scores, fake_scores), {}

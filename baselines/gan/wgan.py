@@ -25,7 +25,7 @@ from torch import Tensor, nn
 
 from baselines.gan import losses
 from baselines.gan.base import GANMethod
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 
@@ -56,7 +56,7 @@ class WGAN(GANMethod):
         self.clip_critic()
 
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         loss = losses.wasserstein_critic_loss(real_scores, fake_scores)
-        return loss, {"wasserstein_estimate": -loss.item()}
+        return loss, {"wasserstein_estimate": -loss.detach()}

@@ -30,7 +30,7 @@ from torch import Tensor
 
 from baselines.gan import losses
 from baselines.gan.base import GANMethod, adam_hparams, random_interpolates
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 PENALTY_POINTS = ("interpolates", "real-and-fake")
@@ -56,11 +56,11 @@ class WGANDiv(GANMethod):
         }
 
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         wasserstein = losses.wasserstein_critic_loss(real_scores, fake_scores)
         if self.hparams["penalty_points"] == "interpolates":
-            points = random_interpolates(real, fake)  # (B, C, H, W)
+            points = random_interpolates(real, fake, batch)  # (B, C, H, W)
         else:
             points = torch.cat([real, fake])  # (2B, C, H, W)
         grad_norms = losses.input_gradient_norms(self.critic, points)

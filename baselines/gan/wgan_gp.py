@@ -20,7 +20,7 @@ from torch import Tensor
 
 from baselines.gan import losses
 from baselines.gan.base import GANMethod, adam_hparams, random_interpolates
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 
@@ -39,10 +39,10 @@ class WGANGP(GANMethod):
         }
 
     def critic_objective(
-        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor
+        self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         wasserstein = losses.wasserstein_critic_loss(real_scores, fake_scores)
-        grad_norms = losses.input_gradient_norms(self.critic, random_interpolates(real, fake))
+        grad_norms = losses.input_gradient_norms(self.critic, random_interpolates(real, fake, batch))
         penalty = losses.gradient_penalty(grad_norms, self.hparams["gp_weight"])
         terms = {"wasserstein_estimate": -wasserstein.item(), "gradient_penalty": penalty.item()}
         return wasserstein + penalty, terms

@@ -1,0 +1,51 @@
+"""Every random stream of a run, derived from the run's seed in one place.
+
+A stream is a function of (run seed, purpose, index) only: never of the rank, the number of
+ranks, the micro-batch or whether the run was resumed, so that all of those reproduce one
+uninterrupted process.
+
+======================  ==============================================  =====================
+stream                  seed                                            used by
+======================  ==============================================  =====================
+global RNG at start     the run seed                                    weights' init
+batch order, epoch e    seed * 1_000_003 + e                            :func:`bench.train.batch_indices`
+training noise, step s  :func:`derive` (seed, "train-noise", s)         :class:`bench.method.BatchNoise`
+eval section            :func:`derive` (seed, section) (32 bits)        :mod:`bench.runner` sections
+eval chunk c            :func:`derive` (seed, section, c)               sharded sampling / scoring
+======================  ==============================================  =====================
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+
+def derive(seed: int, *names: object, bits: int = 63) -> int:
+    """A seed of ``bits`` bits from the run seed and a purpose (sha256 of their text)."""
+    text = ":".join(str(part) for part in (seed, *names))
+    digest = hashlib.sha256(text.encode()).digest()
+    return int.from_bytes(digest[:8], "little") >> (64 - bits)
+
+
+def epoch_seed(seed: int, epoch: int) -> int:
+    """The permutation of epoch ``epoch`` (the formula of the first results: kept so that
+    batch orders, and the results that depend on them, stay what they were)."""
+    return seed * 1_000_003 + epoch
+
+
+def train_noise_seed(seed: int, step: int) -> int:
+    """The per-example noise of training step ``step``."""
+    return derive(seed, "train-noise", step)
+
+
+def section_seed(seed: int, section: str) -> int:
+    """The seed of one evaluation section: a function of (run seed, section) only, so a
+    resumed evaluation that skips finished sections draws what an uninterrupted one draws."""
+    digest = hashlib.sha256(f"{seed}:{section}".encode()).digest()
+    return int.from_bytes(digest[:4], "little")
+
+
+def chunk_seed(seed: int, section: str, chunk: int) -> int:
+    """The seed of chunk ``chunk`` of a sharded evaluation section (the sampling of images
+    ``chunk * size ...``): whichever rank draws it, it draws the same images."""
+    return derive(seed, section, "chunk", chunk)
