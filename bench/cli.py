@@ -215,6 +215,45 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated: compare only these methods' rows (and their variants)",
     )
+
+    doc = commands.add_parser(
+        "doctor",
+        help="one prepared check of this machine's GPU, written as one JSON file",
+        description="--gpu: training img/s, MFU and peak memory (fp32, bf16, channels_last, "
+        "torch.compile), Inception feature-extraction img/s and a 2-process DDP step, each "
+        "under a time limit (bench/doctor.py). Without a GPU: a CPU dry run at tiny sizes.",
+    )
+    doc.add_argument("--gpu", action="store_true", help="run the GPU check")
+    doc.add_argument(
+        "--out",
+        type=Path,
+        default=None,
+        help="the JSON file (default reports/gpu/doctor.json; a dry run: "
+        "runs/doctor/doctor-dry-run.json)",
+    )
+    doc.add_argument("--method", default="ddpm", help="the method trained (default ddpm)")
+    doc.add_argument("--batch", type=_positive_int, default=None, help="training batch (64)")
+    doc.add_argument("--steps", type=_positive_int, default=None, help="measured steps (20)")
+    doc.add_argument("--warmup", type=_positive_int, default=None, help="warm-up steps (5)")
+    doc.add_argument("--fid-batch", type=_positive_int, default=None, help="Inception batch (64)")
+    doc.add_argument(
+        "--parts", default=None, help="comma-separated subset of train,fid,ddp (default: all)"
+    )
+    doc.add_argument("--ddp-backend", default="auto", help="auto (nccl, then gloo) | nccl | gloo")
+    doc.add_argument(
+        "--budget-s", type=float, default=None, help="wall-time budget in seconds (450)"
+    )
+    doc.add_argument("--skip-compile", action="store_true", help="no torch.compile variant")
+    doc.add_argument("--no-channels-last", action="store_true", help="no channels_last variant")
+    doc.add_argument(
+        "--dry-run", action="store_true", help="the CPU dry run at tiny sizes, even on a GPU"
+    )
+    doc.add_argument(
+        "--feature-weights",
+        default=None,
+        metavar="PATH",
+        help="real Inception weights (default: torch.hub's file if present, else random init)",
+    )
     return parser
 
 
@@ -238,6 +277,7 @@ def main(argv: list[str] | None = None) -> int:
             "report": cmd_report,
             "compare": cmd_compare,
             "sweep": cmd_sweep,
+            "doctor": cmd_doctor,
         }[args.command](args)
     except GenbenchError as exc:
         print(f"genbench: error: {exc}", file=sys.stderr)
@@ -594,6 +634,13 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"{'' if args.strict else ' or better'}"
     )
     return 0
+
+
+def cmd_doctor(args: argparse.Namespace) -> int:
+    """``genbench doctor --gpu``: see bench/doctor.py."""
+    from bench import doctor
+
+    return doctor.main(args)
 
 
 if __name__ == "__main__":

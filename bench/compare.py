@@ -27,7 +27,8 @@ import pandas as pd
 
 from bench import tolerances
 from bench.errors import GenbenchError, unknown_name
-from bench.report import aggregate, direction, flatten_rows, load_results, metric_columns
+from bench.evaluators import direction, gated_metrics
+from bench.report import aggregate, flatten_rows, load_results, metric_columns
 from bench.results import RunResult
 
 log = logging.getLogger(__name__)
@@ -35,9 +36,9 @@ log = logging.getLogger(__name__)
 COLUMNS = ("method", "metric", "value", "tolerance", "direction")
 #: how each tolerance was derived; optional on reading, always written
 PROVENANCE = ("seeds", "spread_std", "derivation", "note", "platform")
-#: metrics the expected tables track (timings are too noisy for a regression gate; they are
-#: gated as ratios by tools/bench_gate.py)
-TRACKED = ("fid", "kid", "precision", "recall", "sample_acc", "bpd", "linear_acc", "knn_acc")
+#: the metrics the expected tables track are the evaluators' gated columns
+#: (bench.evaluators.gated_metrics): timings are too noisy for a regression gate; they are
+#: gated as ratios by tools/bench_gate.py
 #: the seed the CI gate runs: expected values are this seed's, so a same-seed re-run on the
 #: machine that wrote the table matches bitwise
 GATE_SEED = 0
@@ -157,8 +158,9 @@ def _check_row(row: pd.Series, where: str) -> None:
     if not method or method == "nan":
         raise GenbenchError(f"{where}: empty method name")
     base = tolerances.metric_base(metric)
-    if base not in TRACKED:
-        raise unknown_name("metric", base, TRACKED, where)
+    tracked = gated_metrics()
+    if base not in tracked:
+        raise unknown_name("metric", base, tracked, where)
     if sense not in ("higher", "lower"):
         raise GenbenchError(f"{where}: direction must be higher or lower, got {sense!r}")
     if sense != direction(metric):
@@ -396,7 +398,8 @@ def worst_row(verdicts: pd.DataFrame, kinds: Sequence[str] = ("regression",)) ->
 
 
 def _tracked(metrics: Iterable[str]) -> list[str]:
-    return [m for m in metrics if tolerances.metric_base(m) in TRACKED]
+    tracked = gated_metrics()
+    return [m for m in metrics if tolerances.metric_base(m) in tracked]
 
 
 def expected_from_results(results_dir: Path, previous: pd.DataFrame | None = None) -> pd.DataFrame:
@@ -446,7 +449,7 @@ def expected_from_results(results_dir: Path, previous: pd.DataFrame | None = Non
                 }
             )
     if not rows:
-        raise GenbenchError(f"no tracked metric ({', '.join(TRACKED)}) in {results_dir}")
+        raise GenbenchError(f"no tracked metric ({', '.join(gated_metrics())}) in {results_dir}")
     clipped, dropped = clip_table(_with_columns(pd.DataFrame(rows)))
     for message in dropped:
         log.warning(message)
@@ -469,11 +472,12 @@ def derive_expected(
     results = [r for r in load_checked_results(study_dir) if r.status == "ok"]
     per_seed: dict[str, dict[int, dict[str, float]]] = {}
     platform = {r.method: platform_of(r) for r in results if r.seed == value_seed}
+    tracked = gated_metrics()
     for result in results:
         for name, flat in flatten_rows(result):
             scores = per_seed.setdefault(name, {}).setdefault(result.seed, {})
             for metric, value in flat.items():
-                if tolerances.metric_base(metric) in TRACKED and value is not None:
+                if tolerances.metric_base(metric) in tracked and value is not None:
                     scores[metric] = float(value)
     if not per_seed:
         raise GenbenchError(f"no finished (ok) results under {study_dir}")

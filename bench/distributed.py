@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
+import warnings
 from itertools import chain
 from typing import Any
 
@@ -110,12 +111,16 @@ class GlobalBatchNorm(nn.BatchNorm2d):
     def forward(self, x: Tensor) -> Tensor:
         if not (self.training and current().enabled):
             return super().forward(x)
-        from torch.distributed.nn.functional import all_reduce
+        with warnings.catch_warnings():  # deprecated for the private functional collectives
+            warnings.simplefilter("ignore", FutureWarning)
+            from torch.distributed.nn.functional import all_reduce
 
         dims = [0, *range(2, x.dim())]
         count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
         moments = torch.cat([count, x.sum(dims), (x * x).sum(dims)])
-        moments = all_reduce(moments)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            moments = all_reduce(moments)
         n = moments[0]
         mean = moments[1 : 1 + x.shape[1]] / n
         var = (moments[1 + x.shape[1] :] / n - mean * mean).clamp_min(0)
@@ -191,3 +196,11 @@ def all_reduce_mean(values: dict[str, float], device: torch.device) -> dict[str,
     tensor /= dist.get_world_size()
     return dict(zip(keys, tensor.tolist(), strict=True))
 
+
+def broadcast_object(value: Any) -> Any:
+    """Rank 0's ``value`` on every rank (any picklable object; identity in one process)."""
+    if not current().enabled:
+        return value
+    holder = [value]
+    dist.broadcast_object_list(holder, src=0)
+    return holder[0]

@@ -12,6 +12,7 @@ from one is a slug, so a method called ``<img onerror=...>`` or ``../../x`` is o
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import html
 import logging
@@ -25,38 +26,21 @@ import pandas as pd
 from scipy import stats
 
 from bench.errors import GenbenchError
+from bench.evaluators import EVALUATORS, Column, evaluators
+from bench.evaluators import column as declared_column
+from bench.evaluators import columns as declared_columns
+from bench.evaluators import direction as direction
+from bench.evaluators import metric_base as metric_base
 from bench.results import STATUSES, RunResult, find_results, load_result, write_text_atomic
 
 log = logging.getLogger(__name__)
 
-#: metric -> (column title, direction: "higher" | "lower" | None, decimals)
-METRICS: dict[str, tuple[str, str | None, int]] = {
-    "fid": ("FID", "lower", 2),
-    "kid": ("KID", "lower", 4),
-    "precision": ("precision", "higher", 3),
-    "recall": ("recall", "higher", 3),
-    "sample_acc": ("sample class acc", "higher", 3),
-    "bpd": ("bits/dim", "lower", 3),
-    "linear_acc": ("linear acc", "higher", 3),
-    "knn_acc": ("kNN acc", "higher", 3),
-    "train_images_per_s": ("train img/s", "higher", 0),
-    "sample_images_per_s": ("sample img/s", "higher", 0),
-    "nfe": ("NFE", None, 0),
-    "params": ("params", None, 0),
-}
+# Every column's title, direction, range and decimals are declared by the evaluator that
+# produces it (bench.evaluators); direction() and metric_base() are re-exported from there.
 ARROWS = {"higher": " ↑", "lower": " ↓", None: ""}
-FIDELITY = ("fid", "kid", "precision", "recall", "sample_acc")
+FIDELITY = tuple(c.name for c in EVALUATORS.get("fidelity").columns)
 #: numeric fields of metrics.throughput that tables read
-THROUGHPUT = ("train_images_per_s", "sample_images_per_s", "nfe", "params", "peak_memory_mb")
-
-
-def metric_base(column: str) -> str:
-    """'fid[digits-cnn]' -> 'fid'."""
-    return column.split("[", 1)[0]
-
-
-def direction(column: str) -> str | None:
-    return METRICS.get(metric_base(column), ("", None, 0))[1]
+THROUGHPUT = (*(c.name for c in EVALUATORS.get("throughput").columns), "peak_memory_mb")
 
 
 def variant_name(method: str, variant: dict[str, Any]) -> str:
@@ -65,44 +49,23 @@ def variant_name(method: str, variant: dict[str, Any]) -> str:
 
 
 def flatten_rows(result: RunResult) -> list[tuple[str, dict[str, Any]]]:
-    """The method's row, plus one row per extra sampler variant (FID against cost)
-    and per extra likelihood estimator."""
+    """The method's row, plus one row per extra variant of an evaluator (a sampler's FID
+    against its cost, another likelihood estimator's bits/dim)."""
     rows = [(result.method, flatten(result))]
-    for scores in result.metrics.get("fidelity_variants", []):
-        row = _fidelity_columns(scores)
-        for key in ("sample_images_per_s", "nfe"):
-            if scores.get(key) is not None:
-                row[key] = scores[key]
-        rows.append((variant_name(result.method, scores.get("variant", {})), row))
-    for scores in result.metrics.get("likelihood_variants", []):
-        rows.append((variant_name(result.method, scores.get("variant", {})), _bpd_columns(scores)))
+    for evaluator in evaluators():
+        for scores in result.metrics.get(f"{evaluator.name}_variants", []):
+            name = variant_name(result.method, scores.get("variant", {}))
+            rows.append((name, evaluator.row(scores)))
     return rows
 
 
-def _bpd_columns(scores: dict[str, Any]) -> dict[str, Any]:
-    return {"bpd": scores.get("bpd"), "bpd_is_bound": bool(scores.get("is_bound"))}
-
-
-def _fidelity_columns(scores: dict[str, Any]) -> dict[str, Any]:
-    extractor = scores["settings"]["extractor"]
-    return {f"{key}[{extractor}]": scores[key] for key in FIDELITY if scores.get(key) is not None}
-
-
 def flatten(result: RunResult) -> dict[str, Any]:
-    """One run's headline numbers as {column: value}; absent capabilities are absent keys."""
+    """One run's headline numbers as {column: value}, each evaluator's scores read by the
+    evaluator (:meth:`bench.evaluators.Evaluator.row`); absent capabilities are absent keys."""
     row: dict[str, Any] = {}
-    metrics = result.metrics
-    if "fidelity" in metrics:
-        row.update(_fidelity_columns(metrics["fidelity"]))
-    if "likelihood" in metrics:
-        row.update(_bpd_columns(metrics["likelihood"]))
-    if "probe" in metrics:
-        row["linear_acc"] = metrics["probe"].get("linear_acc")
-        row["knn_acc"] = metrics["probe"].get("knn_acc")
-    speed = metrics.get("throughput", {})
-    for key in ("train_images_per_s", "sample_images_per_s", "nfe", "params"):
-        if speed.get(key) is not None:
-            row[key] = speed[key]
+    for evaluator in evaluators():
+        if evaluator.name in result.metrics:
+            row.update(evaluator.row(result.metrics[evaluator.name]))
     return row
 
 
@@ -199,6 +162,14 @@ def validate_result(result: RunResult) -> str | None:
         ("fidelity_variants", lambda v, w: _list_problem(v, w, _fidelity_problem)),
         ("likelihood_variants", lambda v, w: _list_problem(v, w, _likelihood_problem)),
     ]
+    builtin = {key for key, _ in checks}
+    for evaluator in evaluators():  # any other evaluator's columns must be numbers too
+        if evaluator.name not in builtin:
+            keys = tuple(c.name for c in evaluator.columns)
+            scores_check = functools.partial(_scores_problem, keys=keys)
+            checks.append((evaluator.name, scores_check))
+            variants_check = functools.partial(_list_problem, check=scores_check)
+            checks.append((f"{evaluator.name}_variants", variants_check))
     for key, check in checks:
         if key in metrics:
             problem = check(metrics[key], f"metrics.{key}")
@@ -345,9 +316,10 @@ def _status(runs: list[RunResult]) -> str:
 
 
 def metric_columns(table: pd.DataFrame) -> list[str]:
-    """The metric columns present, in METRICS order (fidelity columns per extractor)."""
+    """The metric columns present, in the registry's order (fidelity columns per extractor);
+    columns no evaluator declares go last."""
     present = sorted({str(c)[: -len("_mean")] for c in table.columns if str(c).endswith("_mean")})
-    order = list(METRICS)
+    order = list(declared_columns())
     return sorted(
         present,
         key=lambda c: (order.index(metric_base(c)) if metric_base(c) in order else len(order), c),
@@ -357,18 +329,19 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable cells: 'mean ± std', 'n/a', '≤' for bounds, arrows in the titles."""
     out = pd.DataFrame({"method": table["method"]})
-    for column in metric_columns(table):
-        base = metric_base(column)
-        title, sense, decimals = METRICS.get(base, (base, None, 3))
-        suffix = column[len(base) :]
+    for name in metric_columns(table):
+        base = metric_base(name)
+        declared = declared_column(name) or Column(base, base)
+        title, sense, decimals = declared.title, declared.direction, declared.decimals
+        suffix = name[len(base) :]
         cells = []
         for _, row in table.iterrows():
-            mean = row.get(f"{column}_mean")
+            mean = row.get(f"{name}_mean")
             if mean is None or (isinstance(mean, float) and math.isnan(mean)):
                 cells.append("n/a")
                 continue
             text = _fmt(mean, decimals)
-            std = row.get(f"{column}_std")
+            std = row.get(f"{name}_std")
             if row.get("seeds", 1) > 1 and std is not None and not math.isnan(std):
                 text += f" ± {_fmt(std, decimals)}"
             if base == "bpd" and row.get("bpd_is_bound") is True:

@@ -11,6 +11,7 @@ results already written.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import logging
@@ -18,6 +19,7 @@ import os
 import random
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -25,16 +27,14 @@ import numpy as np
 import torch
 
 from bench import distributed
-from bench.optim import autocast
-from bench.seeds import section_seed
 from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
+from bench.evaluators import EvalContext, Evaluator, evaluators_for
 from bench.killpoints import kill_point
 from bench.locks import RunLock
-from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Method
-from bench.metrics import fidelity, likelihood, probe, throughput
+from bench.method import Method
+from bench.metrics import throughput
 from bench.metrics.extractors import (
-    DOMAIN_EXTRACTORS,
     default_extractor,
     sha256_file,
     validate_extractor,
@@ -52,6 +52,7 @@ from bench.results import (
     run_dir,
     write_json_atomic,
 )
+from bench.seeds import section_seed
 from bench.train import (
     CHECKPOINT_FILE,
     Diverged,
@@ -590,7 +591,8 @@ EVAL_STATE_FILE = "eval-state.json"
 
 class EvalState:
     """The evaluation sections already scored for one configuration, kept in the run folder
-    so that a run killed during evaluation redoes only what was not yet scored."""
+    so that a run killed during evaluation redoes only what was not yet scored. Under
+    torchrun rank 0's view is every rank's, so all ranks skip the same sections."""
 
     def __init__(self, directory: Path, digest: str, writer: bool) -> None:
         self.path = directory / EVAL_STATE_FILE
@@ -605,6 +607,7 @@ class EvalState:
                     self.sections = sections if isinstance(sections, dict) else {}
             except (OSError, ValueError):
                 log.warning("unreadable %s ignored: evaluation starts again", self.path)
+        self.sections = distributed.broadcast_object(self.sections)
 
     def get(self, name: str) -> Any:
         return self.sections.get(name)
@@ -619,21 +622,36 @@ class EvalState:
 def evaluate(
     method: Method, spec: RunSpec, study: Study, outcome: Any, digest: str = ""
 ) -> dict[str, Any] | None:
-    """Every evaluator the method has the capability for, plus throughput for all.
+    """Every registered evaluator the method qualifies for (:mod:`bench.evaluators`), in
+    their order: bits/dim, fidelity per sampler variant, the probe, then throughput.
 
     Each section (a likelihood estimator, a sampler variant's fidelity, the probe) is seeded
     by (run seed, section) and saved to the run folder's eval state when done, so a killed
     evaluation resumes where it stopped and gives the numbers of an uninterrupted one.
-    In a distributed run the likelihood is computed on every rank's shard of the test split
-    and reduced across ranks; the rest runs on rank 0 (other ranks get None)."""
-    settings, data, device = spec.protocol.eval, study.data, study.device
+    Under torchrun every rank takes its share of a section's chunks, and rank 0 computes
+    from the states reduced across ranks; rank 0 returns the metrics, the others None."""
     is_main = distributed.current().is_main
     state = EvalState(spec.directory, digest, writer=is_main and bool(digest))
     heartbeat = Heartbeat()
     label = f"{spec.method}/seed-{spec.seed}"
+    context = EvalContext(
+        method=method,
+        data=study.data,
+        settings=spec.protocol.eval,
+        device=study.device,
+        seed=spec.seed,
+        directory=spec.directory,
+        precision=study.precision,
+        extractor=study.extractor,
+        feature_weights=study.feature_weights,
+        outcome=outcome,
+        channels_last=study.channels_last,
+        compile=study.compile,
+        accumulate=spec.protocol.train.accumulate,
+    )
     metrics: dict[str, Any] = {}
 
-    def section(name: str, compute: Any) -> Any:
+    def section(name: str, build: Callable[[], Evaluator]) -> Any:
         done = state.get(name)
         if done is not None:
             log.info("%s: %s already scored, kept", label, name)
@@ -641,150 +659,18 @@ def evaluate(
         heartbeat.beat("%s: evaluating %s", label, name)
         seed_everything(section_seed(spec.seed, name))
         with Ticker(f"{label}: evaluating {name}"):
-            value = compute()
+            value = build().run()
         if value is not None:
             state.put(name, value)
         return value
 
-    if LOG_LIKELIHOOD in method.capabilities:
-        # The first variant is the method's bits/dim; others (a VAE's ELBO beside its IWAE
-        # bound) become rows of their own in the leaderboard, like sampler variants.
-        for index, variant in enumerate(method.likelihood_variants()):
-            scores = section(
-                f"likelihood:{index}",
-                lambda variant=variant: likelihood.evaluate_likelihood(
-                    method,
-                    data.images("test"),
-                    settings.eval_batch_size,
-                    data.spec.dims,
-                    data.spec.num_levels,
-                    device,
-                    variant,
-                ),
-            )
-            if index == 0:
-                metrics["likelihood"] = scores
+    for kind in evaluators_for(method):
+        for index, variant in enumerate(kind.variants(method)):
+            name = kind.section_name(index)
+            if name is None:  # not saved, and rank 0's alone (throughput)
+                value = kind(context, variant, kind.name).run() if is_main else None
             else:
-                metrics.setdefault("likelihood_variants", []).append({**scores, "variant": variant})
-    if not is_main:
-        return None
-    speed: dict[str, Any] = {
-        "device": throughput.device_name(device),
-        "precision": study.precision,
-        "params": throughput.count_parameters(method),
-        "train_images_per_s": outcome.train_images_per_second if outcome else None,
-        "train_images_seen": outcome.images_seen if outcome else 0,
-        "train_steps": outcome.steps if outcome else 0,
-        "checkpoints_written": outcome.checkpoints if outcome else 0,
-        "checkpoint_s": round(outcome.checkpoint_seconds, 4) if outcome else 0.0,
-    }
-    caps = method.capabilities
-    if SAMPLE in caps:
-        # The first variant is the method's default sampler (the method's own row); others
-        # (step counts, guidance weights) become rows of their own in the leaderboard.
-        for index, variant in enumerate(method.sample_variants()):
-
-            def score(index: int = index, variant: dict[str, Any] = variant) -> dict[str, Any]:
-                samples, labels, sample_speed = draw_samples(method, spec, study, variant)
-                scores = fidelity.evaluate_samples(
-                    samples,
-                    data,
-                    study.extractor,
-                    settings,
-                    spec.seed,
-                    device,
-                    study.feature_weights,
-                )
-                scores["settings"]["sampler"] = {**method.sample_settings(), **variant}
-                if labels is not None and study.extractor in DOMAIN_EXTRACTORS:
-                    scores["sample_acc"] = fidelity.sample_classifier_accuracy(
-                        samples, labels, data, study.extractor
-                    )
-                if index == 0:
-                    save_grid(samples[:64], spec.directory / "samples.png")
-                return {"scores": scores, "speed": sample_speed}
-
-            done = section(f"fidelity:{index}", score)
-            scores, sample_speed = dict(done["scores"]), done["speed"]
-            if index == 0:
-                metrics["fidelity"] = scores
-                speed.update(sample_speed)
-            else:
-                scores.update(variant=variant, **sample_speed)
-                metrics.setdefault("fidelity_variants", []).append(scores)
-    if ENCODE in caps:
-        metrics["probe"] = section(
-            "probe",
-            lambda: probe.evaluate_probe(
-                method,
-                data.images("train"),
-                data.labels("train"),
-                data.images("test"),
-                data.labels("test"),
-                data.spec.num_classes,
-                settings,
-                device,
-            ),
-        )
-    probe_batch = data.images("test")[:8].to(device)
-    speed["forward_flops_per_image"] = throughput.forward_flops_per_image(method, probe_batch)
-    speed["mfu"] = throughput.mfu(
-        speed["forward_flops_per_image"], speed["train_images_per_s"], device, study.precision
-    )
-    metrics["throughput"] = speed
-    return metrics
-
-
-@torch.no_grad()
-def draw_samples(
-    method: Method, spec: RunSpec, study: Study, variant: dict[str, Any] | None = None
-) -> tuple[torch.Tensor, torch.Tensor | None, dict[str, Any]]:
-    """``fid_samples`` images (capped at the reference size) in batches from a generator
-    seeded by the run's seed; the batches after the first are timed for sample throughput.
-    A class-conditional method gets class-balanced labels (returned with the samples)."""
-    settings = spec.protocol.eval
-    count = min(settings.fid_samples, len(study.data.levels("train")))
-    cap = getattr(method, "max_samples", None)  # e.g. the real-data row: its test split
-    if cap is not None:
-        count = min(count, int(cap))
-    generator = torch.Generator(device=study.device).manual_seed(spec.seed)
-    labels = None
-    if method.class_conditional:
-        labels = torch.arange(count, device=study.device) % study.data.spec.num_classes
-    batches, timed_images, timed_seconds, first_seconds = [], 0, 0.0, 0.0
-    nfe = None
-    for start in range(0, count, settings.sample_batch_size):
-        size = min(settings.sample_batch_size, count - start)
-        throughput.synchronize(study.device)
-        tick = time.perf_counter()
-        batch_labels = labels[start : start + size] if labels is not None else None
-        with autocast(study.device, study.precision):
-            batch = method.sample(size, generator, batch_labels, **(variant or {}))
-        throughput.synchronize(study.device)
-        elapsed = time.perf_counter() - tick
-        if start == 0:
-            first_seconds = elapsed
-        else:
-            timed_images, timed_seconds = timed_images + size, timed_seconds + elapsed
-        if tuple(batch.shape) != (size, *study.data.spec.shape):
-            raise GenbenchError(f"{spec.method}.sample({size}) returned shape {tuple(batch.shape)}")
-        batches.append(batch.float().cpu())
-        nfe = method.last_nfe
-    samples = torch.cat(batches)
-    if samples.min() < 0 or samples.max() > 1:
-        raise GenbenchError(f"{spec.method}.sample returned values outside [0, 1]")
-    rate: float | None = None
-    warm = timed_seconds > 0
-    if warm:
-        rate = timed_images / timed_seconds
-    elif first_seconds > 0:
-        rate = count / first_seconds
-    speed = {"sample_images_per_s": rate, "sample_warmup_excluded": warm, "nfe": nfe}
-    return samples, (labels.cpu() if labels is not None else None), speed
-
-
-def save_grid(images: torch.Tensor, path: Path) -> None:
-    from torchvision.utils import save_image
-
-    path.parent.mkdir(parents=True, exist_ok=True)
-    save_image(images, path, nrow=8, padding=1)
+                value = section(name, functools.partial(kind, context, variant, name))
+            if is_main:
+                kind.record(metrics, index, variant, value)
+    return metrics if is_main else None

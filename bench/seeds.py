@@ -4,15 +4,12 @@ A stream is a function of (run seed, purpose, index) only: never of the rank, th
 ranks, the micro-batch or whether the run was resumed, so that all of those reproduce one
 uninterrupted process.
 
-======================  ==============================================  =====================
-stream                  seed                                            used by
-======================  ==============================================  =====================
-global RNG at start     the run seed                                    weights' init
-batch order, epoch e    seed * 1_000_003 + e                            :func:`bench.train.batch_indices`
-training noise, step s  :func:`derive` (seed, "train-noise", s)         :class:`bench.method.BatchNoise`
-eval section            :func:`derive` (seed, section) (32 bits)        :mod:`bench.runner` sections
-eval chunk c            :func:`derive` (seed, section, c)               sharded sampling / scoring
-======================  ==============================================  =====================
+- global RNG at the start of a run: the run seed (weights' initialisation);
+- batch order of epoch e: ``seed * 1_000_003 + e`` (:func:`bench.train.batch_indices`);
+- training noise of step s: ``derive(seed, "train-noise", s)`` (:class:`bench.method.BatchNoise`;
+  batch-global draws of a step, a reflow's couplings, derive from that step seed);
+- evaluation section: sha256 of (seed, section), 32 bits (:mod:`bench.runner`);
+- evaluation chunk c of a sharded section: ``derive(seed, section, "chunk", c)``.
 """
 
 from __future__ import annotations

@@ -28,21 +28,12 @@ and any band narrow enough to fail there would fail on noise.
 
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 
-#: metric base -> (floor, ceiling) of the values the metric can take. KID is an unbiased
-#: MMD^2 estimate and goes below zero for near-identical sets, so it has no floor.
-BOUNDS: dict[str, tuple[float, float]] = {
-    "fid": (0.0, math.inf),
-    "kid": (-math.inf, math.inf),
-    "precision": (0.0, 1.0),
-    "recall": (0.0, 1.0),
-    "sample_acc": (0.0, 1.0),
-    "bpd": (0.0, math.inf),
-    "linear_acc": (0.0, 1.0),
-    "knn_acc": (0.0, 1.0),
-}
+from bench import evaluators
+
+# Each metric's (floor, ceiling) is declared with its column by the evaluator that produces
+# it (bench.evaluators.Column.range): :func:`bounds` reads it there.
 
 #: tolerance = K x the seed-to-seed standard deviation: with 5 seeds the std estimate itself
 #: is uncertain (a chi distribution with 4 degrees of freedom), so 3 rather than 2.
@@ -69,14 +60,12 @@ MIN_REL: dict[str, float] = {"fid": 0.005, "kid": 0.02, "bpd": 0.002}
 CLIP_FRACTION = 0.9
 
 
-def metric_base(metric: str) -> str:
-    """'fid[digits-cnn]' -> 'fid' (the same rule as bench.report.metric_base)."""
-    return metric.split("[", 1)[0]
+metric_base = evaluators.metric_base
 
 
 def bounds(metric: str) -> tuple[float, float]:
-    """(floor, ceiling) of a metric; unknown metrics are unbounded."""
-    return BOUNDS.get(metric_base(metric), (-math.inf, math.inf))
+    """(floor, ceiling) of a metric, as its evaluator declares; unknown metrics are unbounded."""
+    return evaluators.bounds(metric)
 
 
 def noise_floor(metric: str, value: float) -> float:

@@ -46,8 +46,8 @@ from bench import distributed, seeds
 from bench.errors import GenbenchError
 from bench.killpoints import kill_point
 from bench.method import Batch, BatchNoise, Method
-from bench.optim import Optimisation, prepare_fast_paths
 from bench.metrics.throughput import StepTimer
+from bench.optim import Optimisation, prepare_fast_paths
 from bench.protocol import TrainSettings
 
 log = logging.getLogger(__name__)

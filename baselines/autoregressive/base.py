@@ -6,7 +6,9 @@ integer levels (B, D), the normalised log-probabilities (B, D, L) of every dimen
 conditional given the dimensions before it, in one network call (teacher forcing). From that:
 
 - exact log-likelihood log p(x) = sum_d log p(x_d | x_<d) (nats of the discrete data);
-- training by maximum likelihood: the mean negative log-likelihood per dimension;
+- training by maximum likelihood: ``train_step`` yields one update of the ``adam``
+  optimiser (AdamW, registered by :meth:`DiscreteAutoregressive.setup_optimizer`) whose
+  loss is the mean negative log-likelihood per dimension; the training loop does the rest;
 - ancestral sampling: D network calls, each for the whole batch at once, filling one
   dimension per call in the model's sampling order (last_nfe = D).
 """
@@ -14,13 +16,22 @@ conditional given the dimensions before it, in one network call (teacher forcing
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 import torch
 from torch import Tensor
 
-from bench.method import LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec, Method, from_levels, to_levels
+from bench.method import (
+    LOG_LIKELIHOOD,
+    SAMPLE,
+    Batch,
+    DataSpec,
+    Method,
+    Update,
+    from_levels,
+    to_levels,
+)
 
 #: a sampling step: (levels (n, D) filled so far, dimension d) -> log-probs (n, L) of x_d
 Conditional = Callable[[Tensor, int], Tensor]
@@ -51,7 +62,8 @@ def ancestral_sample(
 class DiscreteAutoregressive(Method):
     """Base class: exact likelihood, maximum-likelihood training with Adam, ancestral sampling.
 
-    Subclasses build their networks, then call :meth:`setup_optimizer`, and implement
+    Subclasses build their networks, then call :meth:`setup_optimizer` (which registers the
+    optimiser with the training loop), and implement
     :meth:`conditional_log_probs` (and :meth:`sampling_order` if it is not raster order)."""
 
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
@@ -99,13 +111,14 @@ class DiscreteAutoregressive(Method):
         """(B,) log-likelihood whose mean the training step maximises."""
         return self.log_prob_per_dim(levels).sum(1)
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        nll = -self.training_log_likelihood(self._levels(batch.x), step).mean() / self.spec.dims
-        optimizer = self.optimizers["adam"]
-        optimizer.zero_grad(set_to_none=True)
-        nll.backward()
-        optimizer.step()
-        return {"nll": nll.item(), "bpd": nll.item() / math.log(2.0)}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        levels = self._levels(batch.x)
+
+        def nll() -> tuple[Tensor, dict[str, Tensor]]:  # nats per dimension
+            loss = -self.training_log_likelihood(levels, step).mean() / self.spec.dims
+            return loss, {"bpd": loss.detach() / math.log(2.0)}
+
+        yield Update("adam", nll)
 
     @torch.no_grad()
     def sample(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:

@@ -15,6 +15,20 @@ shared by ``vq-vae`` and ``vqgan``.
   whose running usage (EMA of its assignment count per batch) falls below a threshold is
   re-initialised to a random encoder output of the current batch.
 
+The codebook moves once per training step, from the whole global batch. A training forward
+pass (``update=True``, inside the loss closure) only RECORDS the batch's assignment counts
+n_k and code sums (and, for restarts, its encoder outputs); ``apply_update``, called by the
+method after the step's update, applies the EMA (and the restarts) from everything recorded
+since the last call: every accumulated micro-batch of the step and, under torchrun, every
+rank's statistics, summed with ``torch.distributed.all_reduce``. So every rank applies the
+update one process applies for the whole batch, and the codebook buffers stay identical on
+all ranks. The step's loss therefore quantises with the codebook as it was before the step
+(quantise, then move the embeddings: the order of Sonnet's ``VectorQuantizerEMA``). A
+restart draws its encoder outputs uniformly from the global batch with a generator seeded
+from the step's noise seed (:func:`bench.seeds.derive` ``(seed, "vq-dead-code-restart")``),
+the same draw on every rank; each rank fills in the picks its own examples hold and a sum
+over ranks completes them.
+
 Codebook usage is reported as the perplexity exp(H(p)) of the average assignment p over a
 batch (K when every code is used equally, 1 when one code takes everything).
 """
@@ -25,9 +39,12 @@ import dataclasses
 import math
 
 import torch
+import torch.distributed as dist
 from torch import Tensor, nn
 
+from bench import distributed, seeds
 from bench.errors import GenbenchError
+from bench.method import BatchNoise
 
 CODEBOOK_UPDATES = ("loss", "ema")
 CODEBOOK_INITS = ("uniform_unit_scaling", "taming")
@@ -47,6 +64,21 @@ class Quantised:
     commitment_loss: Tensor
     #: exp(entropy of the average one-hot assignment over the batch)
     perplexity: float
+
+
+@dataclasses.dataclass
+class _Pending:
+    """Assignment statistics recorded since the last codebook update (one training step)."""
+
+    #: assignments per code n_k (K,) and the sums of the encoder outputs per code (K, E)
+    counts: Tensor
+    sums: Tensor
+    #: the global batch's size and the step's noise seed (None: a batch built by hand)
+    global_size: int
+    seed: int | None
+    #: for restarts: (positions in the global batch (n,), encoder outputs (n, h w, E)) per
+    #: recorded batch
+    parts: list[tuple[Tensor, Tensor]]
 
 
 def nearest_codes(vectors: Tensor, codebook: Tensor) -> Tensor:
@@ -110,6 +142,7 @@ class VectorQuantizer(nn.Module):
         # running assignments per batch of every code (for restarts and the usage report);
         # starts at the threshold, so that codes unused from the first batch on are restarted
         self.register_buffer("usage", torch.full((num_codes,), float(dead_code_threshold)))
+        self._pending: _Pending | None = None  # statistics awaiting ``apply_update``
 
     def quantise(self, z_e: Tensor) -> Tensor:
         """(B, E, h, w) -> code indices (B, h, w)."""
@@ -121,13 +154,17 @@ class VectorQuantizer(nn.Module):
         """Code indices (B, h, w) -> code vectors (B, E, h, w)."""
         return self.codebook[codes].permute(0, 3, 1, 2)
 
-    def forward(self, z_e: Tensor, update: bool = False) -> Quantised:
-        """Quantise z_e (B, E, h, w); with ``update`` (training), also the EMA codebook update
-        and the dead-code restarts, from this batch's assignments."""
+    def forward(
+        self, z_e: Tensor, update: bool = False, noise: BatchNoise | None = None
+    ) -> Quantised:
+        """Quantise z_e (B, E, h, w) with the current codebook; with ``update`` (training),
+        also record this batch's assignment statistics for :meth:`apply_update`. ``noise``:
+        the training batch's :class:`BatchNoise` (its examples' positions in the global batch
+        and the step's seed, for restarts); None for a batch of its own."""
         codes = self.quantise(z_e)
         counts = torch.bincount(codes.flatten(), minlength=self.num_codes).float()
         if update:
-            self._update(z_e.detach(), codes, counts)
+            self._record(z_e.detach(), codes, counts, noise)
         e = self.embed(codes)
         squared = (z_e.detach() - e).pow(2).flatten(1).sum(1)  # the codebook term
         commitment = (z_e - e.detach()).pow(2).flatten(1).sum(1)
@@ -136,14 +173,48 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def _update(self, z_e: Tensor, codes: Tensor, counts: Tensor) -> None:
-        flat = z_e.permute(0, 2, 3, 1).reshape(-1, self.code_dim)  # (N, E)
+    def _record(
+        self, z_e: Tensor, codes: Tensor, counts: Tensor, noise: BatchNoise | None
+    ) -> None:
+        batch = len(z_e)
+        flat = z_e.float().permute(0, 2, 3, 1).reshape(-1, self.code_dim)  # (N, E)
+        one_hot = torch.zeros(len(flat), self.num_codes, device=flat.device)
+        one_hot.scatter_(1, codes.flatten()[:, None], 1.0)
+        sums = one_hot.t() @ flat  # (K, E)
+        pending = self._pending
+        if pending is None:
+            size = noise.global_size if noise is not None else 0
+            seed = noise.seed if noise is not None else None
+            pending = _Pending(torch.zeros_like(counts), torch.zeros_like(sums), size, seed, [])
+            self._pending = pending
+        pending.counts += counts
+        pending.sums += sums
+        if noise is not None:
+            positions = noise.positions.to(flat.device)
+        else:  # a batch of its own: its examples follow those recorded before
+            positions = torch.arange(batch, device=flat.device) + pending.global_size
+            pending.global_size += batch
+        if self.dead_code_restart:
+            pending.parts.append((positions, flat.view(batch, -1, self.code_dim)))
+
+    @torch.no_grad()
+    def apply_update(self) -> float | None:
+        """Apply the statistics recorded since the last call (one training step: every
+        micro-batch, all-reduced over ranks under torchrun): the usage EMA, the EMA codebook
+        and the dead-code restarts. Returns the step's perplexity over the global batch, or
+        None when nothing was recorded (a later micro-batch of the same step)."""
+        pending, self._pending = self._pending, None
+        if pending is None:
+            return None
+        counts, sums = pending.counts, pending.sums
+        if distributed.current().enabled:  # the global batch's statistics on every rank
+            stats = torch.cat([counts[:, None], sums], 1)
+            dist.all_reduce(stats)
+            counts, sums = stats[:, 0], stats[:, 1:]
         self.usage.lerp_(counts, 1.0 - self.ema_decay)
         if self.update_rule == "ema":
-            one_hot = torch.zeros(len(flat), self.num_codes, device=flat.device)
-            one_hot.scatter_(1, codes.flatten()[:, None], 1.0)
             self.ema_cluster_size.lerp_(counts, 1.0 - self.ema_decay)
-            self.ema_code_sum.lerp_(one_hot.t() @ flat, 1.0 - self.ema_decay)
+            self.ema_code_sum.lerp_(sums, 1.0 - self.ema_decay)
             total = self.ema_cluster_size.sum()
             smoothed = (
                 (self.ema_cluster_size + self.epsilon)
@@ -153,10 +224,35 @@ class VectorQuantizer(nn.Module):
             self.codebook.data.copy_(self.ema_code_sum / smoothed[:, None])
         if self.dead_code_restart:
             dead = (self.usage < self.dead_code_threshold).nonzero().squeeze(1)
-            if len(dead):
-                # random encoder outputs of this batch (the global RNG: training only)
-                picks = flat[torch.randint(len(flat), (len(dead),), device=flat.device)]
+            if len(dead):  # the same decision on every rank: usage is identical
+                picks = self._restart_vectors(pending, len(dead))
                 self.codebook.data[dead] = picks
                 self.ema_code_sum[dead] = picks
                 self.ema_cluster_size[dead] = 1.0
                 self.usage[dead] = self.dead_code_threshold
+        return code_perplexity(counts)
+
+    def _restart_vectors(self, pending: _Pending, count: int) -> Tensor:
+        """``count`` encoder outputs drawn uniformly from the global batch's N h w vectors
+        (vector i: example i // (h w), position i % (h w)), by a generator seeded from the
+        step's seed (the global RNG for a batch built by hand): the same draw on every rank;
+        each rank fills in the vectors its examples hold, a sum over ranks completes them."""
+        per_example = pending.parts[0][1].shape[1]
+        device = self.codebook.device
+        generator = None
+        if pending.seed is not None:
+            seed = seeds.derive(pending.seed, "vq-dead-code-restart")
+            generator = torch.Generator().manual_seed(seed)
+        index = torch.randint(pending.global_size * per_example, (count,), generator=generator)
+        index = index.to(device)
+        example, where = index // per_example, index % per_example
+        picks = torch.zeros(count, self.code_dim, device=device)
+        for positions, vectors in pending.parts:
+            row = torch.full((pending.global_size,), -1, dtype=torch.long, device=device)
+            row[positions] = torch.arange(len(positions), device=device)
+            held = row[example]
+            mine = held >= 0
+            picks[mine] = vectors[held[mine], where[mine]].to(picks.dtype)
+        if distributed.current().enabled:
+            dist.all_reduce(picks)
+        return picks

@@ -7,8 +7,7 @@ by the ODE likelihoods (Song et al. 2021, appendix D.2; Grathwohl et al. 2019).
 
 from __future__ import annotations
 
-import math
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import torch
@@ -16,10 +15,19 @@ from torch import Tensor
 
 from baselines.common.unet import UNet, unet_hparams
 from bench.errors import GenbenchError
-from bench.method import LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec, Method, from_levels, to_levels
+from bench.method import (
+    LOG_LIKELIHOOD,
+    SAMPLE,
+    Batch,
+    DataSpec,
+    Method,
+    Update,
+    from_levels,
+    to_levels,
+)
 from bench.metrics.likelihood import dequantize, dequantized_log_likelihood
 
-#: one weight update per training step; the schedule is linear warm-up then constant
+#: one weight update per training step; the loop applies linear warm-up then constant
 OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
     # Ho et al. use lr 2e-4, 5000 warm-up steps and EMA 0.9999 over 800k steps on CIFAR-10;
     # at the quick budget (about 940 steps) the warm-up and the EMA window scale down with it.
@@ -71,7 +79,14 @@ class DenoiserMethod(Method):
         )
         self.ema_decay = ema  # the harness evaluates the EMA weights
         self.lr, self.warmup_steps, self.grad_clip = lr, warmup_steps, grad_clip
-        self.add_optimizer("adam", torch.optim.Adam(self.net.parameters(), lr=lr, foreach=True))
+        # linear warm-up then constant, clipping at grad_clip (Ho et al., appendix B)
+        self.add_optimizer(
+            "adam",
+            torch.optim.Adam(self.net.parameters(), lr=lr, foreach=True),
+            grad_clip=grad_clip,
+            schedule="warmup",
+            warmup_steps=warmup_steps,
+        )
 
     def noise(self, shape: tuple[int, ...], generator: torch.Generator) -> Tensor:
         """N(0, I) from the caller's generator (so sampling is a function of it), on our
@@ -86,21 +101,13 @@ class DenoiserMethod(Method):
         """Network data in [-1, 1] -> images on the dataset's L levels in [0, 1]."""
         return from_levels(to_levels((x + 1.0) / 2.0, self.spec.num_levels), self.spec.num_levels)
 
-    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
+    def loss(self, x: Tensor, labels: Tensor, batch: Batch) -> Tensor:
+        """The paper's loss on data ``x`` in [-1, 1]; per-example noise from ``batch``."""
         raise NotImplementedError
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        optimizer = self.optimizers["adam"]
-        for group in optimizer.param_groups:  # linear warm-up (Ho et al., appendix B)
-            group["lr"] = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
-        loss = self.loss(self.scale(batch.x), batch.y)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        # grad_clip 0: no clipping (the norm is still measured and logged)
-        max_norm = self.grad_clip if self.grad_clip > 0 else math.inf
-        grad_norm = torch.nn.utils.clip_grad_norm_(self.net.parameters(), max_norm)
-        optimizer.step()
-        return {"loss": loss.item(), "grad_norm": float(grad_norm)}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        x = self.scale(batch.x)
+        yield Update("adam", lambda: self.loss(x, batch.y, batch))
 
 
 class DequantizedDenoiser(DenoiserMethod):
@@ -111,10 +118,12 @@ class DequantizedDenoiser(DenoiserMethod):
     def dequantized(self, x: Tensor, generator: torch.Generator | None = None) -> Tensor:
         return dequantize(to_levels(x, self.spec.num_levels), self.spec.num_levels, generator, True)
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        # (B, C, H, W) levels -> y = 2 (k + u) / L - 1: the base class's scaling is replaced
-        batch = Batch((self.dequantized(batch.x) + 1.0) / 2.0, batch.y)
-        return super().train_step(batch, step)
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        # (B, C, H, W) levels -> y = 2 (k + u) / L - 1, u per example from the batch's noise:
+        # the base class's scaling is replaced
+        levels = to_levels(batch.x, self.spec.num_levels).to(batch.x.dtype)
+        y = 2.0 * (levels + batch.rand(*self.spec.shape)) / self.spec.num_levels - 1.0
+        yield Update("adam", lambda: self.loss(y, batch.y, batch))
 
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD})
     # the ODE density is exact, but with uniform dequantization it bounds log P(levels)

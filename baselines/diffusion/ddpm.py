@@ -39,7 +39,7 @@ from baselines.diffusion.common import (
     respaced_timesteps,
 )
 from bench.errors import GenbenchError
-from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, DataSpec, to_levels
+from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec, to_levels
 from bench.registry import register_method
 
 #: the noise label at which ``encode`` reads the U-Net's mid-level features
@@ -168,9 +168,9 @@ class DDPM(DenoiserMethod):
         self.vlb_timesteps = vlb_timesteps
 
     # -- training: L_simple (eq. 14) --------------------------------------------------------
-    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
-        t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=x.device)
-        noise = torch.randn_like(x)
+    def loss(self, x: Tensor, labels: Tensor, batch: Batch) -> Tensor:
+        t = batch.randint(self.diffusion.num_timesteps)
+        noise = batch.randn_like(x)
         eps = self.eps(self.diffusion.q_sample(x, t, noise), t, labels)
         return (eps - noise).square().mean()
 

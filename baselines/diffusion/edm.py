@@ -26,7 +26,7 @@ import torch
 from torch import Tensor
 
 from baselines.diffusion.common import DenoiserMethod, denoiser_hparams
-from bench.method import SAMPLE, DataSpec
+from bench.method import SAMPLE, Batch, DataSpec
 from bench.registry import register_method
 
 
@@ -124,11 +124,11 @@ class EDM(DenoiserMethod):
         out = self.net(expand["c_in"] * x, c["c_noise"])
         return expand["c_skip"] * x + expand["c_out"] * out
 
-    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
+    def loss(self, x: Tensor, labels: Tensor, batch: Batch) -> Tensor:
         """lambda(sigma) ||D(y + n; sigma) - y||^2, ln sigma ~ N(P_mean, P_std^2) (eq. 8)."""
-        ln_sigma = self.p_mean + self.p_std * torch.randn(x.shape[0], device=x.device)
+        ln_sigma = self.p_mean + self.p_std * batch.randn().to(x.dtype)
         sigma = ln_sigma.exp()
-        noisy = x + sigma[:, None, None, None] * torch.randn_like(x)
+        noisy = x + sigma[:, None, None, None] * batch.randn_like(x)
         weight = edm_loss_weight(sigma, self.sigma_data)[:, None, None, None]
         return (weight * (self.denoise(noisy, sigma) - x).square()).mean()
 

@@ -25,6 +25,7 @@ the ODE density is a density of the dequantized data the likelihood is measured 
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -36,8 +37,9 @@ from baselines.diffusion.common import (
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
-from bench.method import Batch, DataSpec
+from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
+from bench.seeds import derive
 
 #: "sampler:steps" of the rows: the first is the method's own row
 SAMPLER_ROWS = ["heun:20", "euler:10", "euler:50", "heun:5"]
@@ -131,38 +133,38 @@ class FlowMatching(DequantizedDenoiser):
             t = torch.full((x.shape[0],), t, device=x.device)
         return self.net(x, 999.0 * t)
 
-    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
-        x1, x0 = x, torch.randn_like(x)
-        return self.flow_matching_loss(x0, x1)
+    def loss(self, x: Tensor, labels: Tensor, batch: Batch) -> Tensor:
+        x1, x0 = x, batch.randn_like(x)
+        return self.flow_matching_loss(x0, x1, batch)
 
-    def flow_matching_loss(self, x0: Tensor, x1: Tensor) -> Tensor:
+    def flow_matching_loss(self, x0: Tensor, x1: Tensor, batch: Batch) -> Tensor:
         """||v_theta(x_t, t) - (x_1 - x_0)||^2 with x_t = (1 - t) x_0 + t x_1, t ~ U[0, 1]."""
-        t = torch.rand(x1.shape[0], device=x1.device)
+        t = batch.rand().to(x1.dtype)
         t4 = t[:, None, None, None]
         x_t = (1.0 - t4) * x0 + t4 * x1
         return (self.velocity(t, x_t) - (x1 - x0)).square().mean()
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
         if not self.reflow_after or step < self.reflow_after:
-            return super().train_step(batch, step)
+            yield from super().train_step(batch, step)
+            return
         if not self.reflow_drawn:
-            self._draw_reflow_pairs()
-        idx = torch.randint(0, len(self.reflow_data), (len(batch),), device=self.reflow_data.device)
+            self._draw_reflow_pairs(batch)
+        # each example of the global batch draws its coupling index (rank-invariant)
+        idx = batch.randint(len(self.reflow_data)).to(self.reflow_data.device)
         x0, x1 = self.reflow_noise[idx], self.reflow_data[idx]
-        optimizer = self.optimizers["adam"]
-        loss = self.flow_matching_loss(x0, x1)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(self.net.parameters(), self.grad_clip)
-        optimizer.step()
-        return {"loss": loss.item(), "reflow": 1.0}
+        yield Update("adam", lambda: (self.flow_matching_loss(x0, x1, batch), {"reflow": 1.0}))
 
     @torch.no_grad()
-    def _draw_reflow_pairs(self) -> None:
-        """Couplings (x_0, ODE_1-RF(x_0)) of the current model (Liu et al., Algorithm 1)."""
+    def _draw_reflow_pairs(self, batch: Batch | None = None) -> None:
+        """Couplings (x_0, ODE_1-RF(x_0)) of the current model (Liu et al., Algorithm 1); the
+        noise is seeded from the step's noise seed, the same on every rank."""
         was_training = self.training
         self.eval()
-        noise = torch.randn(self.reflow_pairs, *self.spec.shape, device=self.device)
+        seed = batch.noise.seed if batch is not None and batch.noise is not None else 0
+        generator = torch.Generator().manual_seed(derive(seed, "reflow-noise"))
+        noise = torch.randn(self.reflow_pairs, *self.spec.shape, generator=generator)
+        noise = noise.to(self.device)
         data = torch.cat(
             [
                 ode_sample(self.velocity, chunk, self.reflow_steps, "euler")[0]

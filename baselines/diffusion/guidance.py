@@ -25,6 +25,7 @@ label y look like a y); a stronger guidance should raise it at some cost in dive
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -35,7 +36,7 @@ from baselines.common.unet import EncoderUNet
 from baselines.diffusion.common import DenoiserMethod, denoiser_hparams
 from baselines.diffusion.ddim import ddim_sample
 from baselines.diffusion.ddpm import DiscreteDiffusion
-from bench.method import SAMPLE, Batch, DataSpec
+from bench.method import SAMPLE, Batch, DataSpec, Update
 from bench.registry import register_method
 
 #: the classifier-free guidance weights that get a row each (the first is the method's row)
@@ -102,27 +103,26 @@ class Guidance(DenoiserMethod):
         )
 
     # -- training ---------------------------------------------------------------------------
-    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
+    def loss(self, x: Tensor, labels: Tensor, batch: Batch) -> Tensor:
         """L_simple with the label dropped to null with probability p_uncond."""
-        drop = torch.rand(labels.shape, device=labels.device) < self.p_uncond
+        drop = batch.rand() < self.p_uncond
         labels = torch.where(drop, torch.full_like(labels, self.spec.num_classes), labels)
-        t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=x.device)
-        noise = torch.randn_like(x)
+        t = batch.randint(self.diffusion.num_timesteps)
+        noise = batch.randn_like(x)
         eps = self.net(self.diffusion.q_sample(x, t, noise), t.float(), labels)
         return (eps - noise).square().mean()
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        losses = super().train_step(batch, step)
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        yield from super().train_step(batch, step)
         # the noise-aware classifier: cross-entropy on x_t at uniform t, same batch
         x = self.scale(batch.x)
-        t = torch.randint(0, self.diffusion.num_timesteps, (x.shape[0],), device=x.device)
-        x_t = self.diffusion.q_sample(x, t, torch.randn_like(x))
-        classifier_loss = F.cross_entropy(self.classifier(x_t, t.float()), batch.y)
-        optimizer = self.optimizers["classifier"]
-        optimizer.zero_grad(set_to_none=True)
-        classifier_loss.backward()
-        optimizer.step()
-        return {**losses, "classifier_loss": classifier_loss.item()}
+
+        def classifier_loss() -> Tensor:
+            t = batch.randint(self.diffusion.num_timesteps)
+            x_t = self.diffusion.q_sample(x, t, batch.randn_like(x))
+            return F.cross_entropy(self.classifier(x_t, t.float()), batch.y)
+
+        yield Update("classifier", classifier_loss)
 
     # -- sampling ---------------------------------------------------------------------------
     def sample_variants(self) -> list[dict[str, Any]]:

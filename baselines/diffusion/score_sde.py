@@ -42,7 +42,7 @@ from baselines.diffusion.common import (
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
-from bench.method import DataSpec
+from bench.method import Batch, DataSpec
 from bench.registry import register_method
 
 SAMPLERS = ("pc", "euler-maruyama", "ode")
@@ -196,12 +196,12 @@ class ScoreSDE(DequantizedDenoiser):
         _, std = self.sde.marginal(t)
         return -self.net(x, self.sde.noise_label(t)) / std[:, None, None, None]
 
-    def loss(self, x: Tensor, labels: Tensor) -> Tensor:
+    def loss(self, x: Tensor, labels: Tensor, batch: Batch) -> Tensor:
         """lambda(t) ||s_theta(x_t, t) - grad log p_0t(x_t | x_0)||^2 with lambda = std^2,
         i.e. ||eps_theta(x_t, t) - z||^2 (eq. 7)."""
-        t = self.train_eps + (1.0 - self.train_eps) * torch.rand(x.shape[0], device=x.device)
+        t = self.train_eps + (1.0 - self.train_eps) * batch.rand().to(x.dtype)
         mean, std = self.sde.marginal(t)
-        z = torch.randn_like(x)
+        z = batch.randn_like(x)
         x_t = mean[:, None, None, None] * x + std[:, None, None, None] * z
         return (self.net(x_t, self.sde.noise_label(t)) - z).square().mean()
 

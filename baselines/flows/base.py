@@ -1,5 +1,6 @@
 """What the normalizing flows share: uniform dequantization, optional logit preprocessing,
-the change-of-variables likelihood, maximum-likelihood training with learning-rate warm-up,
+the change-of-variables likelihood, maximum-likelihood training (the loop applies the
+learning-rate warm-up and optional clipping),
 sampling by inverting the flow, and the latent as the representation.
 
 For integer levels k of an image, y = (k + u) / L with u ~ U[0, 1)^D (uniform
@@ -25,6 +26,7 @@ Data-dependent initialisation (ActNorm) runs in ``prepare`` on training images o
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -38,6 +40,7 @@ from bench.method import (
     Batch,
     DataSpec,
     Method,
+    Update,
     from_levels,
     to_levels,
 )
@@ -99,12 +102,16 @@ class DequantizedFlow(Method):
         self.flow: nn.Module
 
     def setup_optimizer(self) -> None:
-        """Adam on every parameter; subclasses call it once their flow is built."""
+        """Adam on every parameter, with Glow's linear warm-up and optional clipping (both
+        applied by the loop); subclasses call it once their flow is built."""
         self.add_optimizer(
             "adam",
             torch.optim.AdamW(  # fused: one kernel for all parameters (4x faster on CPU)
                 self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
             ),
+            grad_clip=self.max_grad_norm,  # 0: no clipping
+            schedule="warmup",  # linear learning-rate warm-up (Glow)
+            warmup_steps=self.warmup_steps,
         )
 
     # -- the density ------------------------------------------------------------------------
@@ -151,21 +158,17 @@ class DequantizedFlow(Method):
             self._forward_flow(self._dequantized(train_x[index].to(self.device)))
         self.train(was_training)
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
         dims = self.spec.dims
-        log_p = dequantized_log_likelihood(
-            self.log_density(self._dequantized(batch.x)), dims, self.spec.num_levels
-        )
-        loss = -log_p.mean() / (dims * math.log(2.0))  # bits/dim of the dequantized bound
-        optimizer = self.optimizers["adam"]
-        for group in optimizer.param_groups:  # linear learning-rate warm-up (Glow)
-            group["lr"] = self.lr * min(1.0, (step + 1) / max(1, self.warmup_steps))
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        if self.max_grad_norm > 0:
-            torch.nn.utils.clip_grad_norm_(self.parameters(), self.max_grad_norm)
-        optimizer.step()
-        return {"bpd": loss.item()}
+        # uniform dequantization y = (k + u) / L, u per example from the batch's noise
+        levels = to_levels(batch.x, self.spec.num_levels).to(batch.x.dtype)
+        y = (levels + batch.rand(*self.spec.shape)) / self.spec.num_levels
+
+        def loss() -> Tensor:
+            log_p = dequantized_log_likelihood(self.log_density(y), dims, self.spec.num_levels)
+            return -log_p.mean() / (dims * math.log(2.0))  # bits/dim of the dequantized bound
+
+        yield Update("adam", loss)
 
     # -- capabilities ---------------------------------------------------------------------------
     def log_likelihood(self, x: Tensor) -> Tensor:

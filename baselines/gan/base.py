@@ -13,9 +13,9 @@ One ``train_step`` is one CRITIC update on the batch the harness gives; every
 iteration reads a fresh real minibatch of the full batch size from the harness's seeded
 stream, as in the papers' algorithms (WGAN Algorithm 1 samples a new real batch in each of
 its n_critic iterations), and one cycle of ``critic_steps`` calls is one generator
-iteration. Images seen (``Update.images`` of the generator update) count the real batch of every critic
-step plus the generated batch of every generator update (PROTOCOL.md: a GAN's critic and
-generator batches both count): B (critic_steps + 1) per generator iteration for batch B.
+iteration. Images seen count the real batch of every critic step plus the generated batch
+of every generator update (``Update.images``; PROTOCOL.md: a GAN's critic and generator
+batches both count): B (critic_steps + 1) per generator iteration for batch B.
 The fake images the critic scores inside its own step are not counted again.
 """
 

@@ -42,7 +42,8 @@ class WGANGP(GANMethod):
         self, real: Tensor, fake: Tensor, real_scores: Tensor, fake_scores: Tensor, batch: Batch
     ) -> tuple[Tensor, dict[str, float]]:
         wasserstein = losses.wasserstein_critic_loss(real_scores, fake_scores)
-        grad_norms = losses.input_gradient_norms(self.critic, random_interpolates(real, fake, batch))
+        points = random_interpolates(real, fake, batch)
+        grad_norms = losses.input_gradient_norms(self.critic, points)
         penalty = losses.gradient_penalty(grad_norms, self.hparams["gp_weight"])
         terms = {"wasserstein_estimate": -wasserstein.item(), "gradient_penalty": penalty.item()}
         return wasserstein + penalty, terms

@@ -12,6 +12,7 @@
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -26,6 +27,7 @@ from bench.method import (
     Batch,
     DataSpec,
     Method,
+    Update,
     from_levels,
     to_levels,
 )
@@ -185,13 +187,8 @@ class Supervised(Method):
             "adam", torch.optim.AdamW(self.parameters(), lr=lr, weight_decay=weight_decay)
         )
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        loss = F.cross_entropy(self.head(self.encoder(batch.x)), batch.y)
-        optimizer = self.optimizers["adam"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"loss": loss.item()}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        yield Update("adam", lambda: F.cross_entropy(self.head(self.encoder(batch.x)), batch.y))
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder(x)

@@ -24,10 +24,13 @@ p = 0.8, ``RandomGrayscale`` p = 0.2, ``GaussianBlur`` p = 0.5, ``RandomHorizont
   ``blur_kernel`` x ``blur_kernel`` kernel with reflect padding, all images in one grouped
   (depthwise) convolution whose B * C groups each carry their own kernel.
 
-All randomness comes from the module's own ``torch.Generator``, seeded from torch's global RNG
-at construction (a fixed run seed gives the same augmentations) and part of the state dict
-(``get_extra_state``), so a resumed run continues the same stream. Parameters are drawn on the
-CPU (a few numbers per image) and moved to the data's device: the same images on any device.
+The module holds no random state: every random choice of an image is a column of its row of
+``uniforms`` (N, ``NUM_DRAWS``), U[0, 1) numbers the caller draws per example from the
+training batch (:meth:`bench.method.Batch.rand`; :func:`view_draws` for several views), so an
+image's views are a function of (run seed, step, its position in the global batch) only:
+the same however the global batch is split across ranks or accumulation micro-batches, and a
+resumed run draws what an uninterrupted one draws. The columns (``DRAW_COLUMNS``) are fixed
+whatever is switched on, so that enabling one operation leaves the others' draws unchanged.
 
 Strengths per data scale (``augment_hparams``), the papers' CIFAR-10 recipe (colour jitter
 0.4 / 0.4 / 0.4 / 0.1, as MoCo v2 and SimCLR's strength 0.5) scaled down where images are tiny:
@@ -68,6 +71,34 @@ RGB_TO_YIQ = (
 )
 
 
+def _columns(*spans: tuple[str, int]) -> dict[str, slice]:
+    out, start = {}, 0
+    for name, width in spans:
+        out[name] = slice(start, start + width)
+        start += width
+    return out
+
+
+#: which columns of an image's row of uniforms each random choice reads
+DRAW_COLUMNS = _columns(
+    ("crop_area", CROP_TRIES),
+    ("crop_ratio", CROP_TRIES),
+    ("crop_x", 1),
+    ("crop_y", 1),
+    ("flip", 1),
+    ("jitter", 1),
+    ("brightness", 1),
+    ("contrast", 1),
+    ("saturation", 1),
+    ("hue", 1),
+    ("grayscale", 1),
+    ("blur", 1),
+    ("blur_sigma", 1),
+)
+#: U[0, 1) numbers one augmented view of one image reads
+NUM_DRAWS = max(column.stop for column in DRAW_COLUMNS.values())
+
+
 def augment_hparams(spec: DataSpec) -> dict[str, Any]:
     """The augmentation hyper-parameters per data scale (reasons in the module docstring);
     merged into the contrastive methods' ``default_hparams``."""
@@ -92,9 +123,19 @@ def augment_hparams(spec: DataSpec) -> dict[str, Any]:
     }
 
 
+def view_draws(source: Any, views: int = 2) -> Tensor:
+    """The uniforms of ``views`` augmented views of every example of a training batch
+    (``source``: a :class:`bench.method.Batch`, or anything with its ``rand``), as rows
+    (views B, NUM_DRAWS): all first views, then all second views, ..., matching
+    ``torch.cat([x] * views)``. One draw of (B, views, NUM_DRAWS): per example."""
+    u = source.rand(views, NUM_DRAWS)  # (B, views, NUM_DRAWS)
+    return u.transpose(0, 1).reshape(-1, NUM_DRAWS)
+
+
 class BatchAugment(nn.Module):
-    """(B, C, H, W) in [0, 1] -> one independently augmented view of each image, same shape.
-    For two views of a batch, call it once on ``torch.cat([x, x])``."""
+    """(B, C, H, W) in [0, 1] and uniforms (B, NUM_DRAWS) -> one augmented view of each image,
+    same shape, a deterministic function of the image and its row of uniforms. For two views
+    of a batch, call it once on ``torch.cat([x, x])`` with :func:`view_draws`."""
 
     def __init__(
         self,
@@ -125,90 +166,74 @@ class BatchAugment(nn.Module):
         self.grayscale_prob = grayscale_prob
         self.blur_prob, self.blur_kernel = blur_prob, blur_kernel
         self.blur_sigma = tuple(blur_sigma)
-        # seeded from the global RNG: the run's seed fixes the augmentation stream
-        self.generator = torch.Generator().manual_seed(
-            int(torch.randint(2**62, (1,), device="cpu").item())
-        )
 
-    # the generator's state travels with the weights (checkpoints, resumed runs)
-    def get_extra_state(self) -> Tensor:
-        return self.generator.get_state()
-
-    def set_extra_state(self, state: Tensor) -> None:
-        self.generator.set_state(state.cpu())
-
-    def _uniform(self, batch: int, low: float, high: float, device: torch.device) -> Tensor:
-        """(batch,) draws of U(low, high) from the module's generator."""
-        u = torch.rand(batch, generator=self.generator)
-        return (low + (high - low) * u).to(device)
-
-    def _coin(self, batch: int, prob: float, device: torch.device) -> Tensor:
-        """(batch,) booleans, True with probability ``prob``."""
-        return (torch.rand(batch, generator=self.generator) < prob).to(device)
-
-    def forward(self, x: Tensor) -> Tensor:
-        x = self.resized_crop_and_flip(x)
+    def forward(self, x: Tensor, uniforms: Tensor) -> Tensor:
+        """x (B, C, H, W), uniforms (B, NUM_DRAWS) in [0, 1) -> (B, C, H, W)."""
+        if uniforms.shape != (len(x), NUM_DRAWS):
+            raise GenbenchError(
+                f"augmentation uniforms must be ({len(x)}, {NUM_DRAWS}), got "
+                f"{tuple(uniforms.shape)}"
+            )
+        u = uniforms.to(x.device, torch.float32)
+        x = self.resized_crop_and_flip(x, u)
         if self.jitter_prob > 0:
-            x = self.colour_jitter(x)
+            x = self.colour_jitter(x, u)
         if self.rgb and self.grayscale_prob > 0:
             gray = grayscale(x).expand_as(x)
-            x = torch.where(
-                self._coin(len(x), self.grayscale_prob, x.device)[:, None, None, None], gray, x
-            )
+            to_gray = _coin(u, "grayscale", self.grayscale_prob)
+            x = torch.where(to_gray[:, None, None, None], gray, x)
         if self.blur_prob > 0:
-            x = self.gaussian_blur(x)
+            x = self.gaussian_blur(x, u)
         return x
 
-    def resized_crop_and_flip(self, x: Tensor) -> Tensor:
-        batch, device = len(x), x.device
-        g = self.generator
+    def resized_crop_and_flip(self, x: Tensor, u: Tensor) -> Tensor:
+        batch = len(x)
         # CROP_TRIES candidates per image; keep the first that fits inside the image
-        area = self.crop_scale[0] + (self.crop_scale[1] - self.crop_scale[0]) * torch.rand(
-            batch, CROP_TRIES, generator=g
-        )
+        lo, hi = self.crop_scale
+        area = lo + (hi - lo) * u[:, DRAW_COLUMNS["crop_area"]]  # (B, tries)
         log_lo, log_hi = math.log(CROP_RATIO[0]), math.log(CROP_RATIO[1])
-        ratio = torch.exp(log_lo + (log_hi - log_lo) * torch.rand(batch, CROP_TRIES, generator=g))
+        ratio = torch.exp(log_lo + (log_hi - log_lo) * u[:, DRAW_COLUMNS["crop_ratio"]])
         width, height = (area * ratio).sqrt(), (area / ratio).sqrt()  # fractions of the side
         fits = (width <= 1) & (height <= 1)  # (B, tries)
         first = fits.float().argmax(1, keepdim=True)  # index of the first fitting candidate
         any_fits = fits.any(1)
-        width = torch.where(any_fits, width.gather(1, first)[:, 0], torch.ones(batch))
-        height = torch.where(any_fits, height.gather(1, first)[:, 0], torch.ones(batch))
+        ones = torch.ones_like(any_fits, dtype=u.dtype)
+        width = torch.where(any_fits, width.gather(1, first)[:, 0], ones)
+        height = torch.where(any_fits, height.gather(1, first)[:, 0], ones)
         # the crop's centre in grid coordinates [-1, 1], uniform over the positions that fit
-        centre_x = (1 - width) * (2 * torch.rand(batch, generator=g) - 1)
-        centre_y = (1 - height) * (2 * torch.rand(batch, generator=g) - 1)
-        sign = torch.ones(batch)
+        centre_x = (1 - width) * (2 * _column(u, "crop_x") - 1)
+        centre_y = (1 - height) * (2 * _column(u, "crop_y") - 1)
+        sign = ones
         if self.flip:
-            sign = torch.where(torch.rand(batch, generator=g) < 0.5, -1.0, 1.0)
-        theta = torch.zeros(batch, 2, 3)  # output grid -> input grid, per image
+            sign = torch.where(_coin(u, "flip", 0.5), -ones, ones)
+        theta = torch.zeros(batch, 2, 3, device=u.device)  # output grid -> input grid
         theta[:, 0, 0], theta[:, 0, 2] = width * sign, centre_x
         theta[:, 1, 1], theta[:, 1, 2] = height, centre_y
-        grid = F.affine_grid(theta.to(device, x.dtype), list(x.shape), align_corners=False)
+        grid = F.affine_grid(theta.to(x.dtype), list(x.shape), align_corners=False)
         return F.grid_sample(x, grid, mode="bilinear", padding_mode="border", align_corners=False)
 
-    def colour_jitter(self, x: Tensor) -> Tensor:
-        batch, device = len(x), x.device
-        apply = self._coin(batch, self.jitter_prob, device)
+    def colour_jitter(self, x: Tensor, u: Tensor) -> Tensor:
+        apply = _coin(u, "jitter", self.jitter_prob)
 
-        def factor(strength: float) -> Tensor:  # (B, 1, 1, 1), 1 where the image is not jittered
-            value = self._uniform(batch, max(0.0, 1 - strength), 1 + strength, device)
+        def factor(name: str, strength: float) -> Tensor:  # (B, 1, 1, 1), 1 if not jittered
+            value = _uniform(u, name, max(0.0, 1 - strength), 1 + strength).to(x.dtype)
             return torch.where(apply, value, torch.ones_like(value))[:, None, None, None]
 
-        x = (x * factor(self.brightness)).clamp(0, 1)
-        contrast = factor(self.contrast)
+        x = (x * factor("brightness", self.brightness)).clamp(0, 1)
+        contrast = factor("contrast", self.contrast)
         mean = grayscale(x).mean((1, 2, 3), keepdim=True)  # (B, 1, 1, 1)
         x = (contrast * x + (1 - contrast) * mean).clamp(0, 1)
         if self.rgb:
-            saturation = factor(self.saturation)
+            saturation = factor("saturation", self.saturation)
             x = (saturation * x + (1 - saturation) * grayscale(x)).clamp(0, 1)
-            turns = self._uniform(batch, -self.hue, self.hue, device)
+            turns = _uniform(u, "hue", -self.hue, self.hue).to(x.dtype)
             x = rotate_hue(x, torch.where(apply, turns, torch.zeros_like(turns)))
         return x
 
-    def gaussian_blur(self, x: Tensor) -> Tensor:
+    def gaussian_blur(self, x: Tensor, u: Tensor) -> Tensor:
         batch, channels, height, width = x.shape
-        apply = self._coin(batch, self.blur_prob, x.device)
-        sigma = self._uniform(batch, *self.blur_sigma, x.device)
+        apply = _coin(u, "blur", self.blur_prob)
+        sigma = _uniform(u, "blur_sigma", *self.blur_sigma).to(x.dtype)
         radius = self.blur_kernel // 2
         offsets = torch.arange(-radius, radius + 1, device=x.device, dtype=x.dtype)
         kernel = torch.exp(-0.5 * (offsets[None] / sigma[:, None]) ** 2)  # (B, k)
@@ -220,6 +245,21 @@ class BatchAugment(nn.Module):
         planes = F.conv2d(planes, kernel[:, None, :, None], groups=batch * channels)  # columns
         blurred = planes.reshape(batch, channels, height, width)
         return torch.where(apply[:, None, None, None], blurred, x)
+
+
+def _column(u: Tensor, name: str) -> Tensor:
+    """(B,) the column of ``u`` (B, NUM_DRAWS) that the random choice ``name`` reads."""
+    return u[:, DRAW_COLUMNS[name].start]
+
+
+def _uniform(u: Tensor, name: str, low: float, high: float) -> Tensor:
+    """(B,) U(low, high) from the column ``name``."""
+    return low + (high - low) * _column(u, name)
+
+
+def _coin(u: Tensor, name: str, prob: float) -> Tensor:
+    """(B,) booleans, True with probability ``prob``, from the column ``name``."""
+    return _column(u, name) < prob
 
 
 def grayscale(x: Tensor) -> Tensor:

@@ -23,6 +23,12 @@ Recognition with Contrastive Predictive Coding", CPC v2).
   so that it runs down the rows and has its own context network and W_k; the loss is the
   mean over directions. ``directions=1`` is CPC v1's top-down only.
 
+The negatives are those of the GLOBAL batch: on several ranks each rank encodes its own
+images' patches and the embeddings z are gathered (:func:`bench.distributed.gather`,
+differentiable), so that every rank computes the loss over the whole batch (the context
+networks and W_k, small next to the patch encoder, run on the gathered grid on every rank).
+The loss has no randomness. With gradient accumulation the negatives are one micro-batch's.
+
 The representation (``encode``, the papers' linear evaluation): the patch encoder's
 embeddings mean-pooled over the grid, (B, feature_dim).
 Departures: the shared encoder keeps its batch normalisation (CPC v2 replaces it with layer
@@ -37,6 +43,7 @@ about 3x the quick budget's time on a CPU.
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -45,7 +52,8 @@ from torch import Tensor, nn
 
 from baselines.ssl.base import SelfSupervisedMethod
 from baselines.ssl.losses import diagonal_info_nce
-from bench.method import Batch, DataSpec
+from bench.distributed import gather
+from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 
 #: per data scale: patch size, stride (< patch size: overlapping patches), rows predicted
@@ -184,13 +192,12 @@ class CPC(SelfSupervisedMethod):
             losses.append(diagonal_info_nce(pred @ target.T))  # (N_k, N_k) scores
         return torch.stack(losses).mean()
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        loss = self.prediction_loss(self.patch_embeddings(batch.x))
-        optimizer = self.optimizers["adam"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"loss": loss.item()}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        def loss() -> Tensor:
+            # every rank's patch embeddings (B_global, d, G, G): the global batch's negatives
+            return self.prediction_loss(gather(self.patch_embeddings(batch.x)))
+
+        yield Update("adam", loss)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.patch_embeddings(x).mean(dim=(2, 3))  # (B, d, G, G) -> (B, d)

@@ -18,7 +18,10 @@ objective (eq. 8) is
   and Y (an MLP) are embedded to one width and T is their dot product, each embedding with
   a linear shortcut. The scores of every (image i's Y, image j's M) pair in the batch form
   a (B, B, locations) tensor: positives on the diagonal, negatives = the other images of
-  the batch.
+  the batch. The batch is the GLOBAL one: on several ranks both embeddings are gathered
+  (:func:`bench.distributed.gather`, differentiable) and every rank scores all pairs, so
+  the negatives do not depend on how many ranks share the batch (with gradient
+  accumulation they are one micro-batch's).
 - estimators of the MI (section 3.1): Jensen-Shannon (default, eq. 4),
       I_JSD = E_P[-sp(-T(x, y))] - E_{P x P~}[sp(T(x', y))],   sp = softplus,
   or InfoNCE (eq. 5, ``estimator="infonce"``),
@@ -27,7 +30,12 @@ objective (eq. 8) is
 - prior matching (section 3.4, eq. 7): sigma(Y) (a sigmoid) is matched adversarially to a
   uniform prior V = U[0, 1]^d_Y; the discriminator D_phi ascends
   E_V[log D(v)] + E_P[log(1 - D(sigma(Y)))] and the encoder descends gamma times the second
-  term (the minimax form of eq. 7).
+  term (the minimax form of eq. 7). One training step makes the two players' gradient steps
+  from ONE forward pass: the encoder's update (the MI terms and the prior term through
+  D_phi, whose weights it does not train), then D_phi's on that pass's sigma(Y) (detached)
+  against prior samples V drawn per example from the batch (``batch.rand``), i.e.
+  simultaneous gradient descent-ascent on eq. 7. (Before the training loop owned
+  optimisation D_phi stepped first and the encoder's prior term read the updated D_phi.)
 
 Defaults follow the paper's DIM(L) setting: alpha = 0, beta = 1, gamma = 0.1 (DIM(G) is
 alpha = 1, beta = 0), d_Y = 64, Adam. The linear probe reads the encoder's pooled features
@@ -43,6 +51,7 @@ discriminators' embeddings are sized for a CPU (256 wide).
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -52,7 +61,8 @@ from torch import Tensor, nn
 from baselines.common.encoders import encoder_widths
 from baselines.ssl.base import SelfSupervisedMethod
 from baselines.ssl.losses import diagonal_info_nce
-from bench.method import Batch, DataSpec
+from bench.distributed import gather
+from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 
 ESTIMATORS = ("jsd", "infonce")
@@ -184,53 +194,58 @@ class DeepInfoMax(SelfSupervisedMethod):
         return local_map, encoder.pool(top).flatten(1)
 
     def local_scores(self, local_map: Tensor, y: Tensor) -> Tensor:
-        """(B, C, h, w), (B, d_Y) -> (B, B, h w): scores[i, j, l] = T(M_j^(l), Y_i)."""
-        m = self.local_map_embed(local_map).flatten(2)  # (B, width, h w)
-        g = self.local_global_embed(y)  # (B, width)
+        """(B, C, h, w), (B, d_Y) -> (B', B', h w): scores[i, j, l] = T(M_j^(l), Y_i) over
+        the global batch of B' images (every rank's embeddings, gathered)."""
+        m = gather(self.local_map_embed(local_map).flatten(2))  # (B', width, h w)
+        g = gather(self.local_global_embed(y))  # (B', width)
         return torch.einsum("id,jdl->ijl", g, m)
 
     def global_scores(self, local_map: Tensor, y: Tensor) -> Tensor:
-        """(B, C, h, w), (B, d_Y) -> (B, B, 1): scores[i, j] = T(M_j, Y_i)."""
-        m = self.global_map_embed(local_map.flatten(1))  # (B, width)
-        g = self.global_global_embed(y)  # (B, width)
+        """(B, C, h, w), (B, d_Y) -> (B', B', 1): scores[i, j] = T(M_j, Y_i) over the
+        global batch of B' images."""
+        m = gather(self.global_map_embed(local_map.flatten(1)))  # (B', width)
+        g = gather(self.global_global_embed(y))  # (B', width)
         return (g @ m.T)[..., None]
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        local_map, pooled = self.local_and_pooled(batch.x)  # (B, C_l, h, w), (B, d)
-        y = self.global_head(pooled)  # Y (B, d_Y)
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
         mi = MI_ESTIMATORS[self.estimator]
-        objective = torch.zeros((), device=y.device)
-        logs: dict[str, float] = {}
-        if self.beta:
-            local_mi = mi(self.local_scores(local_map, y))
-            objective = objective + self.beta * local_mi
-            logs["local_mi"] = local_mi.item()
-        if self.alpha:
-            global_mi = mi(self.global_scores(local_map, y))
-            objective = objective + self.alpha * global_mi
-            logs["global_mi"] = global_mi.item()
-        if self.gamma:
-            # D_phi ascends E_V[log D(v)] + E_P[log(1 - D(sigma(Y)))] (eq. 7)
-            code = torch.sigmoid(y)
-            prior = torch.rand_like(code)  # V ~ U[0, 1]^d_Y from the seeded torch RNG
-            real = self.prior_discriminator(prior)
-            fake = self.prior_discriminator(code.detach())
-            d_loss = F.binary_cross_entropy_with_logits(
-                real, torch.ones_like(real)
-            ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
-            self._step("prior", d_loss)
-            # the encoder descends E_P[log(1 - D(sigma(Y)))] = -BCE(D(sigma(Y)), 0)
-            fooled = self.prior_discriminator(code)
-            prior_term = -F.binary_cross_entropy_with_logits(fooled, torch.zeros_like(fooled))
-            objective = objective - self.gamma * prior_term
-            logs["prior_discriminator_loss"] = d_loss.item()
-        self._step("encoder", -objective)
-        # the encoder's backward also reached D_phi: drop those gradients, D only ascends
-        self.optimizers["prior"].zero_grad(set_to_none=True)
-        return {"loss": -objective.item(), **logs}
+        codes: list[Tensor] = []
 
-    def _step(self, name: str, loss: Tensor) -> None:
-        optimizer = self.optimizers[name]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+        def encoder_loss() -> tuple[Tensor, dict[str, Tensor]]:
+            local_map, pooled = self.local_and_pooled(batch.x)  # (B, C_l, h, w), (B, d)
+            y = self.global_head(pooled)  # Y (B, d_Y)
+            objective = torch.zeros((), device=y.device)
+            logs: dict[str, Tensor] = {}
+            if self.beta:
+                local_mi = mi(self.local_scores(local_map, y))
+                objective = objective + self.beta * local_mi
+                logs["local_mi"] = local_mi.detach()
+            if self.alpha:
+                global_mi = mi(self.global_scores(local_map, y))
+                objective = objective + self.alpha * global_mi
+                logs["global_mi"] = global_mi.detach()
+            if self.gamma:
+                code = torch.sigmoid(y)
+                codes.append(code.detach().float())
+                # the encoder descends E_P[log(1 - D(sigma(Y)))] = -BCE(D(sigma(Y)), 0)
+                fooled = self.prior_discriminator(code)
+                prior_term = -F.binary_cross_entropy_with_logits(fooled, torch.zeros_like(fooled))
+                objective = objective - self.gamma * prior_term
+            return -objective, logs
+
+        # gradients flow through D_phi into sigma(Y), not into D_phi: it only ascends eq. 7
+        self.prior_discriminator.requires_grad_(False)
+        yield Update("encoder", encoder_loss)
+        self.prior_discriminator.requires_grad_(True)
+        if self.gamma:
+            prior = batch.rand(codes[-1].shape[1])  # V ~ U[0, 1]^d_Y, per example
+
+            def prior_loss() -> Tensor:
+                # D_phi ascends E_V[log D(v)] + E_P[log(1 - D(sigma(Y)))] (eq. 7)
+                real = self.prior_discriminator(prior)
+                fake = self.prior_discriminator(codes[-1])
+                return F.binary_cross_entropy_with_logits(
+                    real, torch.ones_like(real)
+                ) + F.binary_cross_entropy_with_logits(fake, torch.zeros_like(fake))
+
+            yield Update("prior", prior_loss)

@@ -5,16 +5,20 @@
 - Random masking per sample (section 3, "Masking"; the reference code's ``random_masking``):
   noise ~ U(0, 1)^N, ids_shuffle = argsort(noise), the first int(N (1 - mask_ratio)) patches
   of that order are kept; ids_restore = argsort(ids_shuffle) undoes the shuffle. Mask ratio
-  0.75.
+  0.75. The noise is drawn per example from the training batch (``batch.rand(N)``): an
+  image's mask is a function of (run seed, step, its position in the global batch), the
+  same however the batch is split across ranks or accumulation micro-batches.
 - A light decoder (narrower and shallower than the encoder) receives the encoded visible
   tokens, linearly projected to its width, plus ONE shared learned mask token at every masked
   position, unshuffled back to image order, with its own fixed sin-cos position embeddings; a
   linear layer predicts each patch's pixels.
 - Loss: mean squared error on the MASKED patches only, the target pixels normalised per patch
   (norm_pix_loss: (x - mean) / sqrt(var + 1e-6); ``norm_pix_loss=False`` regresses raw pixels).
-- AdamW(betas 0.9, 0.95), weight decay 0.05, linear warm-up then cosine decay over the run's
-  steps (the paper's 40 warm-up epochs of 800 are a 5% fraction; the run's length comes from
-  the training loop, ``Method.budget_steps``).
+- AdamW(betas 0.9, 0.95), weight decay 0.05, linear warm-up then cosine decay to 0 over the
+  run's steps (appendix A.1; the paper's 40 warm-up epochs of 800 are a 5% fraction,
+  ``warmup_fraction``), applied by the training loop (``warmup-cosine`` with
+  int(warmup_fraction x ``Method.budget_steps``) warm-up steps, known once the loop has
+  called ``set_budget``).
 
 The representation (``encode``): ALL patches, no masking, through the encoder and its final
 LayerNorm; the probe gets the mean of the patch tokens (``feature="mean"``, the paper's
@@ -31,7 +35,7 @@ patches on 8x8 and 28x28 images.
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -44,7 +48,7 @@ from baselines.common.vit import (
     transformer,
 )
 from baselines.ssl.base import SelfSupervisedMethod
-from bench.method import Batch, DataSpec
+from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 
 FEATURES = ("cls", "mean")
@@ -66,15 +70,17 @@ DECODER_SIZES: dict[str, dict[str, Any]] = {
 }
 
 
-def random_masking(tokens: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor, Tensor]:
+def random_masking(
+    tokens: Tensor, mask_ratio: float, noise: Tensor
+) -> tuple[Tensor, Tensor, Tensor]:
     """Per-sample random masking by argsort of uniform noise (the paper's shuffle).
 
-    tokens (B, N, D) -> visible (B, N_keep, D), mask (B, N) with 1 = masked in image order,
-    ids_restore (B, N) that unshuffles [visible, masked] back to image order."""
+    tokens (B, N, D) and noise (B, N) ~ U[0, 1) (per example, from the training batch) ->
+    visible (B, N_keep, D), mask (B, N) with 1 = masked in image order, ids_restore (B, N)
+    that unshuffles [visible, masked] back to image order."""
     b, n, d = tokens.shape
     keep = int(n * (1 - mask_ratio))
-    noise = torch.rand(b, n, device=tokens.device)  # the harness seeds torch's RNG
-    ids_shuffle = noise.argsort(dim=1)  # ascending: the first `keep` are kept
+    ids_shuffle = noise.to(tokens.device).argsort(dim=1)  # ascending: the first `keep` are kept
     ids_restore = ids_shuffle.argsort(dim=1)
     ids_keep = ids_shuffle[:, :keep]
     visible = tokens.gather(1, ids_keep[..., None].expand(-1, -1, d))  # (B, N_keep, D)
@@ -152,9 +158,14 @@ class MaskedAutoencoderViT(nn.Module):
         x = self.decoder_norm(self.decoder_blocks(x))
         return self.decoder_pred(x[:, 1:])  # drop cls -> (B, N, p*p*C)
 
-    def forward(self, x: Tensor, mask_ratio: float) -> tuple[Tensor, Tensor]:
-        """-> predictions (B, N, p*p*C) and the mask (B, N), 1 = masked."""
-        visible, mask, ids_restore = random_masking(self.embed(x), mask_ratio)
+    @property
+    def num_patches(self) -> int:
+        return self.grid[0] * self.grid[1]
+
+    def forward(self, x: Tensor, mask_ratio: float, noise: Tensor) -> tuple[Tensor, Tensor]:
+        """x (B, C, H, W) and the masking noise (B, N) -> predictions (B, N, p*p*C) and the
+        mask (B, N), 1 = masked."""
+        visible, mask, ids_restore = random_masking(self.embed(x), mask_ratio, noise)
         return self.run_decoder(self.run_encoder(visible), ids_restore), mask
 
     def features(self, x: Tensor, feature: str) -> Tensor:
@@ -174,14 +185,6 @@ def masked_patch_loss(
         target = (target - mean) / (var + 1.0e-6) ** 0.5
     per_patch = (pred - target).pow(2).mean(dim=-1)  # (B, N)
     return (per_patch * mask).sum() / mask.sum()
-
-
-def warmup_cosine(step: int, warmup_steps: int, total_steps: int) -> float:
-    """Learning-rate multiplier: linear warm-up, then half-cosine to zero."""
-    if step < warmup_steps:
-        return (step + 1) / warmup_steps
-    progress = min(1.0, (step - warmup_steps) / max(1, total_steps - warmup_steps))
-    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 @register_method("mae")
@@ -237,7 +240,7 @@ class MAE(SelfSupervisedMethod):
             mlp_ratio,
         )
         self.mask_ratio, self.norm_pix_loss, self.feature = mask_ratio, norm_pix_loss, feature
-        self.lr, self.warmup_fraction = lr, warmup_fraction
+        self.warmup_fraction = warmup_fraction
         # no weight decay on biases, norms and the cls / mask tokens (the reference code's
         # param_groups_weight_decay)
         decay = [p for p in self.encoder.parameters() if p.ndim >= 2 and p.shape[:2] != (1, 1)]
@@ -248,26 +251,22 @@ class MAE(SelfSupervisedMethod):
             betas=(0.9, 0.95),
             weight_decay=0.0,
         )
-        self.add_optimizer("adamw", optimizer)
+        self.add_warmup_cosine_optimizer("adamw", optimizer, warmup_fraction)
 
     def prepare(self, train_x: Tensor, train_y: Tensor, held_out_x: Tensor) -> None:
         # the paper standardises its inputs with the dataset's per-channel mean and std
         self.encoder.pixel_mean.copy_(train_x.mean(dim=(0, 2, 3)).view_as(self.encoder.pixel_mean))
         self.encoder.pixel_std.copy_(train_x.std(dim=(0, 2, 3)).view_as(self.encoder.pixel_std))
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        pred, mask = self.encoder(batch.x, self.mask_ratio)
-        loss = masked_patch_loss(batch.x, pred, mask, self.encoder.patch_size, self.norm_pix_loss)
-        optimizer = self.optimizers["adamw"]
-        total_steps = self.budget_steps  # the run's length, from the training loop
-        warmup_steps = max(1, int(self.warmup_fraction * total_steps))
-        factor = warmup_cosine(step, warmup_steps, total_steps) if total_steps else 1.0
-        for group in optimizer.param_groups:  # a function of the step: resumable
-            group["lr"] = self.lr * factor
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {"loss": loss.item()}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        noise = batch.rand(self.encoder.num_patches)  # (B, N): each image's own mask
+
+        def loss() -> Tensor:
+            pred, mask = self.encoder(batch.x, self.mask_ratio, noise)
+            patch_size = self.encoder.patch_size
+            return masked_patch_loss(batch.x, pred, mask, patch_size, self.norm_pix_loss)
+
+        yield Update("adamw", loss)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encoder.features(x, self.feature)  # (B, C, H, W) -> (B, width)

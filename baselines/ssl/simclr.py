@@ -11,8 +11,18 @@ Linear-BN-ReLU-Linear) map each view to z_i = g(f(x_i)). The loss is NT-Xent (eq
     L = 1 / (2N) sum_k [l(2k-1, 2k) + l(2k, 2k-1)],   sim(u, v) = u.v / (|u| |v|)
 
 (:func:`baselines.ssl.losses.nt_xent`). Both views go through the encoder as one batch of 2N,
-so batch norm normalises over all of them (the paper's global BN on one device). The
-representation is h = f(x), the pooled encoder features; g is discarded for the probe.
+so batch norm normalises over all of them (the paper's global BN; on several ranks the
+training loop swaps it for BN over the global batch, :func:`bench.distributed.sync_batchnorm`).
+The negatives are the GLOBAL batch's: on several ranks the projections are gathered
+(:func:`bench.distributed.gather`, differentiable) and every rank computes the loss over all
+2N views, as the paper's negatives are those of its global batch spread over TPU cores
+(section 2.2; its code's ``tpu_cross_replica_concat``), so N is the protocol's batch size
+however many ranks share it. (With gradient
+accumulation, N is one micro-batch's share: the negatives of a micro-batch are its own.)
+The two views of an image are a function of (run seed, step, its position in the global
+batch): the augmentation draws its uniforms per example from the batch
+(:func:`baselines.ssl.augment.view_draws`). The representation is h = f(x), the pooled
+encoder features; g is discarded for the probe.
 
 Defaults and departures:
 - temperature 0.5: the paper's best value for CIFAR-10 at every batch size it tried
@@ -20,23 +30,25 @@ Defaults and departures:
 - projection to 128 dimensions (the paper's), hidden width = the encoder's feature width;
 - optimiser: AdamW (lr 1e-3, weight decay 1e-6, the paper's decay) with a linear warm-up
   instead of LARS: LARS exists for batches of thousands; at batch 64 on a CPU Adam converges
-  faster. The schedule is the paper's: linear warm-up (10 epochs of its 100 or more; here
-  the first ``warmup_fraction`` = 5% of the run) and cosine decay without restarts to 0 at
-  the end of the run's budget (``Method.budget_steps``).
+  faster. The schedule is the paper's (appendix B.1), applied by the training loop
+  (``warmup-cosine``, :func:`bench.optim.lr_factor`): linear warm-up (10 epochs of its 100
+  or more; here the first ``warmup_fraction`` = 5% of the run's ``Method.budget_steps``)
+  and cosine decay without restarts to 0 at the end of the run's budget.
 """
 
 from __future__ import annotations
 
-import math
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
 from torch import Tensor, nn
 
-from baselines.ssl.augment import BatchAugment, augment_hparams
+from baselines.ssl.augment import BatchAugment, augment_hparams, view_draws
 from baselines.ssl.base import SelfSupervisedMethod
 from baselines.ssl.losses import nt_xent
-from bench.method import Batch, DataSpec
+from bench.distributed import gather
+from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 
 
@@ -51,7 +63,8 @@ def projection_head(feature_dim: int, projection_dim: int, batch_norm: bool) -> 
 
 class ContrastiveMethod(SelfSupervisedMethod):
     """What SimCLR and MoCo share: the batched augmentation (both views of a batch in one
-    call) and AdamW with linear warm-up and cosine decay over the run (``budget_steps``)."""
+    call, per-example draws from the batch) and AdamW with linear warm-up and cosine decay
+    over the run (``budget_steps``), applied by the training loop."""
 
     #: augmentation strengths (shared by simclr and moco)
     hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {
@@ -80,38 +93,17 @@ class ContrastiveMethod(SelfSupervisedMethod):
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
 
     def setup_optimizer(self, parameters: list[nn.Parameter]) -> None:
-        self.add_optimizer(
-            "adamw",
-            torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay, fused=True),
+        optimizer = torch.optim.AdamW(
+            parameters, lr=self.lr, weight_decay=self.weight_decay, fused=True
         )
+        self.add_warmup_cosine_optimizer("adamw", optimizer, self.warmup_fraction)
 
     @torch.no_grad()
-    def two_views(self, x: Tensor) -> Tensor:
-        """(B, C, H, W) -> (2B, C, H, W): two independently augmented views of every image,
-        the first views then the second, from ONE call of the augmentation."""
-        return self.augment(torch.cat([x, x]))
-
-    def optimise(self, loss: Tensor, step: int) -> None:
-        optimizer = self.optimizers["adamw"]
-        for group in optimizer.param_groups:
-            group["lr"] = self.lr * learning_rate_factor(
-                step, self.budget_steps, self.warmup_fraction
-            )
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-
-
-def learning_rate_factor(step: int, total_steps: int, warmup_fraction: float) -> float:
-    """Linear warm-up over the first ``warmup_fraction`` of ``total_steps``, then cosine decay
-    to 0 at ``total_steps``; 1 when the run length is unknown (``total_steps`` = 0)."""
-    if total_steps <= 0:
-        return 1.0
-    warmup_steps = warmup_fraction * total_steps
-    if step < warmup_steps:
-        return (step + 1) / (warmup_steps + 1)
-    progress = min(1.0, (step - warmup_steps) / max(1.0, total_steps - warmup_steps))
-    return 0.5 * (1 + math.cos(math.pi * progress))
+    def two_views(self, batch: Batch) -> Tensor:
+        """-> (2B, C, H, W): two independently augmented views of every image of ``batch``,
+        the first views then the second, from ONE call of the augmentation; each example's
+        views are drawn from its own per-example uniforms (B, 2, NUM_DRAWS)."""
+        return self.augment(torch.cat([batch.x, batch.x]), view_draws(batch, 2))
 
 
 @register_method("simclr")
@@ -130,10 +122,14 @@ class SimCLR(ContrastiveMethod):
         self.head = projection_head(self.encoder.feature_dim, projection_dim, batch_norm=True)
         self.setup_optimizer(list(self.encoder.parameters()) + list(self.head.parameters()))
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        views = self.two_views(batch.x)  # (2N, C, H, W)
-        # both views in one batch of 2N: batch norm sees all 2N, as the paper's global BN
-        z_1, z_2 = self.head(self.encoder(views)).chunk(2)  # 2 x (N, projection_dim)
-        loss = nt_xent(z_1, z_2, self.temperature)
-        self.optimise(loss, step)
-        return {"loss": loss.item()}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        views = self.two_views(batch)  # (2N, C, H, W)
+
+        def loss() -> Tensor:
+            # both views in one batch of 2N: batch norm sees all 2N, as the paper's global BN
+            z_1, z_2 = self.head(self.encoder(views)).chunk(2)  # 2 x (N, projection_dim)
+            # every rank's projections: the negatives are the global batch's (in rank order,
+            # the same on every rank; NT-Xent does not depend on the order of the images)
+            return nt_xent(gather(z_1), gather(z_2), self.temperature)
+
+        yield Update("adamw", loss)

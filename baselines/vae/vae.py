@@ -15,6 +15,12 @@ KL(q || p) = 1/2 sum_j (mu_j^2 + sigma_j^2 - log sigma_j^2 - 1) (appendix B):
 
     L(x) = E_q[log p(x | z)] - KL(q(z | x) || p(z)) <= log P(x).
 
+``train_step`` yields one update of the ``adam`` optimiser whose closure is -L averaged over
+the batch, per dimension (the training loop does backward and the step); eps comes from the
+batch (``batch.randn_like``): a function of the run's seed, the step and the example's
+position in the global batch, so two ranks or accumulated micro-batches draw for each image
+the eps one process draws (:meth:`VAE.training_elbo`).
+
 Evaluation (``log_likelihood``) returns the IWAE bound with k = ``iwae_samples`` (100)
 importance samples z_i ~ q(z | x) (Burda et al. eq. 8):
 
@@ -39,6 +45,7 @@ quick budget.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterator
 from typing import Any
 
 import torch
@@ -62,6 +69,7 @@ from bench.method import (
     Batch,
     DataSpec,
     Method,
+    Update,
     to_levels,
 )
 from bench.registry import register_method
@@ -208,21 +216,22 @@ class VAE(Method):
         return {"elbo": log_weights.mean(1), "iwae": iwae_bound(log_weights)}
 
     # -- Method interface ---------------------------------------------------------------------
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def training_elbo(self, batch: Batch) -> Tensor:
+        """K&W's estimator B (eq. 10) per image, (B,) nats: one reparameterised sample
+        z = mu + sigma * eps for the reconstruction, the KL analytic; eps per example from
+        the batch's noise."""
         levels = to_levels(batch.x, self.spec.num_levels)
         mean, log_var = self.posterior(batch.x)
-        z = mean + torch.exp(0.5 * log_var) * torch.randn_like(mean)  # reparameterisation
+        z = mean + torch.exp(0.5 * log_var) * batch.randn_like(mean)  # reparameterisation
         reconstruction = self.distribution.log_prob(self.decode(z), levels)
-        # K&W's estimator B (eq. 10): one sample for the reconstruction, the KL analytic
-        loss = -elbo(reconstruction[:, None], mean, log_var).mean() / self.spec.dims
-        optimizer = self.optimizers["adam"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {
-            "loss": loss.item(),
-            "elbo_bpd": loss.item() / math.log(2.0),
-        }
+        return elbo(reconstruction[:, None], mean, log_var)
+
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        def negative_elbo() -> tuple[Tensor, dict[str, Tensor]]:
+            loss = -self.training_elbo(batch).mean() / self.spec.dims  # nats per dimension
+            return loss, {"elbo_bpd": loss.detach() / math.log(2.0)}
+
+        yield Update("adam", negative_elbo)
 
     def likelihood_variants(self) -> list[dict[str, Any]]:
         return [{"bound": "iwae"}, {"bound": "elbo"}]

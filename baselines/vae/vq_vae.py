@@ -20,8 +20,12 @@ codes of the training images, p(c) = prod_i p(c_i | c_<i) in raster order.
 
 Both stages share the run's budget: the training loop tells the method its length
 (``Method.set_budget``) and the prior stage takes the last ``prior_fraction`` (0.3) of it,
-from step * batch_size >= (1 - prior_fraction) budget_images on. Outside a training loop
-(no budget) only the first stage trains.
+from step * batch_size >= (1 - prior_fraction) budget_images on (batch_size the GLOBAL
+batch, the same on every rank and micro-batch). Outside a training loop (no budget) only the
+first stage trains. Each ``train_step`` yields the update of the stage it is in: the
+``autoencoder`` optimiser's (eq. 3), then the codebook's EMA / restart update from the
+step's global batch (:mod:`baselines.common.vq`), or the ``prior`` optimiser's; the training
+loop does the rest (backward, DDP, the optimiser step).
 
 Likelihood, a labelled lower bound: the posterior q(c | x) is the one-hot code of x, so
 ELBO = log p(x | z_q(x)) + log p_prior(c(x)) - 0 (its entropy) <= log P(x). The bound with
@@ -48,6 +52,7 @@ from __future__ import annotations
 
 import math
 import sys
+from collections.abc import Iterator
 from typing import Any, ClassVar
 
 import torch
@@ -80,6 +85,7 @@ from bench.method import (
     Batch,
     DataSpec,
     Method,
+    Update,
     to_levels,
 )
 from bench.registry import register_method
@@ -92,6 +98,12 @@ AUTOENCODER_SIZES: dict[str, dict[str, int]] = {
     "28x28": {"width": 64, "downsamples": 2, "residual_blocks": 1, "code_dim": 32},
     "32x32": {"width": 128, "downsamples": 2, "residual_blocks": 2, "code_dim": 64},
 }
+
+
+def global_batch_size(batch: Batch) -> int:
+    """The global batch's size (all ranks and micro-batches of the step): what a stage
+    schedule in images counts, the same on every part of the step."""
+    return batch.noise.global_size if batch.noise is not None else len(batch)
 
 
 def schedule_hparams() -> dict[str, Any]:
@@ -202,8 +214,9 @@ class VQAutoencoder(Method):
     two-stage schedule, ancestral sampling of codes and ``encode`` = z_e(x).
 
     Subclasses give the decoder's output channels (:meth:`decoder_channels`), the prior
-    (:meth:`build_prior`), the first stage's step (:meth:`autoencoder_step`) and how decoder
-    outputs become images (:meth:`images_from_decoder`)."""
+    (:meth:`build_prior`), the first stage's updates (:meth:`autoencoder_step`, a generator
+    of :class:`Update` s) and how decoder outputs become images
+    (:meth:`images_from_decoder`)."""
 
     capabilities = frozenset({SAMPLE, ENCODE})
     #: the optimiser of the first stage (vqgan adds its critic's)
@@ -271,7 +284,9 @@ class VQAutoencoder(Method):
     def prior_optimizer(self) -> torch.optim.Optimizer:
         return torch.optim.Adam(self.prior.parameters(), lr=self.hparams["prior_lr"], fused=True)
 
-    def autoencoder_step(self, x: Tensor, step: int) -> dict[str, float]:
+    def autoencoder_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        """The first stage's updates of one step; after the autoencoder's update it calls
+        :meth:`update_codebook`."""
         raise NotImplementedError
 
     def images_from_decoder(
@@ -292,12 +307,18 @@ class VQAutoencoder(Method):
         """Codes (B, n) -> decoder outputs (B, P, H, W)."""
         return self.decoder(self.quantizer.embed(codes.view(len(codes), *self.grid)))
 
-    def quantise_for_training(self, x: Tensor) -> Quantised:
-        """z_e of a training batch, quantised, with the quantiser's updates; records the
-        batch's code perplexity."""
-        quantised = self.quantizer(self.encode_continuous(x), update=True)
-        self.last_perplexity = quantised.perplexity
-        return quantised
+    def quantise_for_training(self, batch: Batch) -> Quantised:
+        """z_e of a training batch, quantised; records the batch's assignment statistics for
+        the codebook update of :meth:`update_codebook` (call it inside the loss closure)."""
+        return self.quantizer(self.encode_continuous(batch.x), update=True, noise=batch.noise)
+
+    def update_codebook(self) -> None:
+        """After the autoencoder's update: the codebook's EMA / restart update from the
+        statistics of the step's global batch (all-reduced across ranks, see
+        :mod:`baselines.common.vq`); records the global batch's code perplexity."""
+        perplexity = self.quantizer.apply_update()
+        if perplexity is not None:
+            self.last_perplexity = perplexity
 
     def codebook_terms(self, quantised: Quantised) -> Tensor:
         """Eq. 3's codebook and beta-weighted commitment terms per image (B,); the EMA
@@ -310,17 +331,17 @@ class VQAutoencoder(Method):
     def in_prior_stage(self, step: int, batch_size: int) -> bool:
         return step * batch_size >= self.prior_start_images
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        if not self.in_prior_stage(step, len(batch)):
-            return self.autoencoder_step(batch.x, step)
-        with torch.no_grad():  # the autoencoder is frozen in the second stage
-            codes = self.codes(batch.x)
-        nll = -prior_log_prob(self.prior, codes).mean() / self.positions
-        optimizer = self.optimizers["prior"]
-        optimizer.zero_grad(set_to_none=True)
-        nll.backward()
-        optimizer.step()
-        return {"prior_nll_per_code": nll.item()}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        if not self.in_prior_stage(step, global_batch_size(batch)):
+            yield from self.autoencoder_step(batch, step)
+            return
+
+        def prior_loss() -> Tensor:  # the mean negative log-likelihood per code
+            with torch.no_grad():  # the autoencoder is frozen in the second stage
+                codes = self.codes(batch.x)
+            return -prior_log_prob(self.prior, codes).mean() / self.positions
+
+        yield Update("prior", prior_loss)
 
     def encode(self, x: Tensor) -> Tensor:
         return self.encode_continuous(x).flatten(1)  # (B, E h w)
@@ -425,28 +446,27 @@ class VQVAE(VQAutoencoder):
             h["prior_first_kernel"],
         )
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
         self.reset_likelihood_sums()  # the recorded sums are of the final model
-        return super().train_step(batch, step)
+        yield from super().train_step(batch, step)
 
     def reset_likelihood_sums(self) -> None:
         self._sums = {"bound": 0.0, "uniform_prior": 0.0, "images": 0}
         self.code_counts = torch.zeros(self.quantizer.num_codes, dtype=torch.long)
 
-    def autoencoder_step(self, x: Tensor, step: int) -> dict[str, float]:
-        quantised = self.quantise_for_training(x)
-        levels = to_levels(x, self.spec.num_levels)
-        reconstruction = self.distribution.log_prob(self.decoder(quantised.z_q), levels)
-        loss = (-reconstruction + self.codebook_terms(quantised)).mean() / self.spec.dims
-        optimizer = self.optimizers["autoencoder"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        return {
-            "loss": loss.item(),
-            "reconstruction_bpd": -reconstruction.mean().item() / (self.spec.dims * math.log(2)),
-            "perplexity": quantised.perplexity,
-        }
+    def autoencoder_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        levels = to_levels(batch.x, self.spec.num_levels)
+
+        def autoencoder_loss() -> tuple[Tensor, dict[str, Any]]:
+            """Eq. 3 per image, averaged, per dimension."""
+            quantised = self.quantise_for_training(batch)
+            reconstruction = self.distribution.log_prob(self.decoder(quantised.z_q), levels)
+            loss = (-reconstruction + self.codebook_terms(quantised)).mean() / self.spec.dims
+            bpd = -reconstruction.detach().mean() / (self.spec.dims * math.log(2))
+            return loss, {"reconstruction_bpd": bpd, "perplexity": quantised.perplexity}
+
+        yield Update("autoencoder", autoencoder_loss)
+        self.update_codebook()
 
     def bound_terms(self, x: Tensor) -> dict[str, Tensor]:
         """log p(x | z_q(x)), log p_prior(c(x)) and the codes, per image."""

@@ -25,6 +25,16 @@ Stage 1 (section 3.1-3.2, eq. 4-7, and the authors' ``VQLPIPSWithDiscriminator``
   taming configs); the critic and the GAN term start at ``disc_start_fraction`` of the
   first stage (taming: a fixed ``disc_start`` step, here scaled to the budget).
 
+One first-stage step yields the autoencoder's update (its loss closure computes lambda with
+``torch.autograd.grad`` at GL, as taming's ``calculate_adaptive_weight``; the critic's
+``requires_grad`` is off meanwhile, so the generator term trains the autoencoder only), then
+the codebook's EMA update, then, once the critic is on, the critic's update on the same real
+batch and the reconstructions of the autoencoder's closure (taming's ``optimizer_idx`` 1).
+Under torchrun the two gradients at GL are averaged over the ranks (an all-reduce inside the
+closure) before their norms are taken, so every rank uses lambda of the whole batch; with
+gradient accumulation each micro-batch's closure computes lambda from its own micro-batch
+(a closure sees one micro-batch), a small departure from one process.
+
 Stage 2 (section 3.2): a causal transformer (GPT: token and position embeddings, pre-norm
 blocks of causal self-attention and a 4x MLP, a start-of-sequence token so that the first
 code has a distribution) trained by maximum likelihood on the frozen encoder's codes in
@@ -48,10 +58,12 @@ default, because taming's codebook loss collapsed to 8-19 of 64 codes at this bu
 from __future__ import annotations
 
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
 import torch
+import torch.distributed as dist
 import torch.nn.functional as F
 from torch import Tensor, nn
 
@@ -63,11 +75,13 @@ from baselines.vae.vq_vae import (
     AUTOENCODER_SIZES,
     CodePrior,
     VQAutoencoder,
+    global_batch_size,
     quantiser_hparams,
     schedule_hparams,
 )
+from bench import distributed
 from bench.errors import GenbenchError
-from bench.method import DataSpec, from_levels, to_levels
+from bench.method import Batch, DataSpec, Update, from_levels, to_levels
 from bench.registry import register_method
 
 PERCEPTUAL_UNAVAILABLE = "unavailable (no LPIPS/VGG weights)"
@@ -85,9 +99,18 @@ def adaptive_weight(
     reconstruction_loss: Tensor, generator_loss: Tensor, last_layer: Tensor, disc_weight: float
 ) -> Tensor:
     """lambda = ||grad_GL L_rec|| / (||grad_GL L_GAN|| + 1e-4), clamped to [0, 1e4] and
-    detached, times ``disc_weight`` (VQGAN eq. 7)."""
+    detached, times ``disc_weight`` (VQGAN eq. 7).
+
+    The gradients come from ``torch.autograd.grad`` (they never touch ``.grad``, nor DDP's
+    hooks, which fire on gradient accumulation only); under torchrun they are averaged over
+    the ranks first (every rank calls this in the same step), so that lambda is the one of
+    the global batch's mean losses on every rank."""
     (rec_grad,) = torch.autograd.grad(reconstruction_loss, last_layer, retain_graph=True)
     (gan_grad,) = torch.autograd.grad(generator_loss, last_layer, retain_graph=True)
+    if distributed.current().enabled:
+        both = torch.stack([rec_grad, gan_grad]).float()
+        dist.all_reduce(both)
+        rec_grad, gan_grad = both / dist.get_world_size()
     weight = rec_grad.norm() / (gan_grad.norm() + 1e-4)
     return weight.clamp(0.0, 1e4).detach() * disc_weight
 
@@ -315,45 +338,44 @@ class VQGAN(VQAutoencoder):
         distance = perceptual(x, reconstruction).view(-1, 1, 1, 1)
         return (per_pixel + self.hparams["perceptual_weight"] * distance).mean()
 
-    def autoencoder_step(self, x: Tensor, step: int) -> dict[str, float]:
+    def autoencoder_step(self, batch: Batch, step: int) -> Iterator[Update]:
         h = self.hparams
-        real = to_network(x)
-        quantised = self.quantise_for_training(x)
-        reconstruction = self.decoder(quantised.z_q)  # (B, C, H, W) in about [-1, 1]
-        rec_loss = self.reconstruction_loss(real, reconstruction)
-        # eq. 4's codebook terms as means over the code elements (taming's reduction)
-        elements = self.hparams["code_dim"] * self.positions
-        codebook_loss = self.codebook_terms(quantised).mean() / elements
-        loss = rec_loss + h["codebook_weight"] * codebook_loss
-        critic_on = step * len(x) >= self.disc_start_images
-        logs: dict[str, float] = {}
+        real = to_network(batch.x)
+        critic_on = step * global_batch_size(batch) >= self.disc_start_images
+        reconstructions: list[Tensor] = []  # the autoencoder closure's, for the critic
+
+        def autoencoder_loss() -> tuple[Tensor, dict[str, Any]]:
+            quantised = self.quantise_for_training(batch)
+            reconstruction = self.decoder(quantised.z_q)  # (B, C, H, W) in about [-1, 1]
+            rec_loss = self.reconstruction_loss(real, reconstruction)
+            # eq. 4's codebook terms as means over the code elements (taming's reduction)
+            elements = h["code_dim"] * self.positions
+            codebook_loss = self.codebook_terms(quantised).mean() / elements
+            loss = rec_loss + h["codebook_weight"] * codebook_loss
+            logs: dict[str, Any] = {"l1": rec_loss.detach(), "perplexity": quantised.perplexity}
+            if critic_on:
+                generator_loss = wasserstein_generator_loss(self.critic(reconstruction))
+                last_layer = self.decoder[-1].weight
+                weight = adaptive_weight(rec_loss, generator_loss, last_layer, h["disc_weight"])
+                loss = loss + weight * generator_loss
+                logs.update(generator_loss=generator_loss.detach(), adaptive_weight=weight)
+            reconstructions.append(reconstruction.detach())
+            return loss, logs
+
         if critic_on:
-            self.critic.requires_grad_(False)  # the generator step does not train the critic
-            generator_loss = wasserstein_generator_loss(self.critic(reconstruction))
-            last_layer = self.decoder[-1].weight
-            weight = adaptive_weight(rec_loss, generator_loss, last_layer, h["disc_weight"])
-            self.critic.requires_grad_(True)
-            loss = loss + weight * generator_loss
-            logs.update(generator_loss=generator_loss.item(), adaptive_weight=weight.item())
-        optimizer = self.optimizers["autoencoder"]
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
+            self.critic.requires_grad_(False)  # the generator term does not train the critic
+        yield Update("autoencoder", autoencoder_loss)
+        self.critic.requires_grad_(True)
+        self.update_codebook()
         if critic_on:  # the critic's step on the same batch (taming's optimizer_idx 1)
-            critic_loss = 0.5 * hinge_critic_loss(
-                self.critic(real).flatten(1), self.critic(reconstruction.detach()).flatten(1)
-            )
-            critic_optimizer = self.optimizers["critic"]
-            critic_optimizer.zero_grad(set_to_none=True)
-            critic_loss.backward()
-            critic_optimizer.step()
-            logs["critic_loss"] = critic_loss.item()
-        return {
-            "loss": loss.item(),
-            "l1": rec_loss.item(),
-            "perplexity": quantised.perplexity,
-            **logs,
-        }
+
+            def critic_loss() -> Tensor:
+                fake = reconstructions[-1]
+                return 0.5 * hinge_critic_loss(
+                    self.critic(real).flatten(1), self.critic(fake).flatten(1)
+                )
+
+            yield Update("critic", critic_loss)
 
     def images_from_decoder(
         self, outputs: Tensor, generator: torch.Generator, **options: Any

@@ -266,12 +266,35 @@ def evaluate_samples(
         raise GenbenchError(f"samples have shape {tuple(samples.shape[1:])}, data {spec.shape}")
     if not torch.isfinite(samples).all():
         raise GenbenchError("samples contain NaN or inf")
+    return evaluate_uint8_samples(
+        images_to_uint8(samples, spec.num_levels),
+        data,
+        extractor,
+        settings,
+        seed,
+        device,
+        feature_weights,
+    )
+
+
+def evaluate_uint8_samples(
+    samples: Tensor,
+    data: ImageData,
+    extractor: str,
+    settings: EvalSettings,
+    seed: int,
+    device: torch.device | None = None,
+    feature_weights: str | None = None,
+) -> dict[str, Any]:
+    """FID / KID / precision-recall of samples already quantised to the data's levels and
+    stored as uint8 0..255 (:func:`images_to_uint8`), against the train split."""
+    spec = data.spec
     rgb = extractor == INCEPTION.name
     weights_sha = extractor_fingerprint(extractor, feature_weights)
     reference = TensorImages(levels_to_uint8(data.levels("train"), spec.num_levels), rgb)
     cache_name = f"genbench-{spec.name}-train-{data.fingerprint()[:16]}-{weights_sha[:16]}"
     metrics: dict[str, Any] = fidelity_from_inputs(
-        TensorImages(images_to_uint8(samples, spec.num_levels), rgb),
+        TensorImages(samples.cpu(), rgb),
         reference,
         extractor,
         settings,
@@ -299,10 +322,16 @@ def sample_classifier_accuracy(
     samples: Tensor, labels: Tensor, data: ImageData, extractor: str
 ) -> float:
     """Does a sample drawn for label y look like a y, to the shipped domain classifier?"""
+    return uint8_classifier_accuracy(
+        images_to_uint8(samples, data.spec.num_levels), labels, extractor
+    )
+
+
+def uint8_classifier_accuracy(samples: Tensor, labels: Tensor, extractor: str) -> float:
+    """:func:`sample_classifier_accuracy` of samples quantised to uint8 (images_to_uint8)."""
     if extractor not in DOMAIN_EXTRACTORS:
         raise GenbenchError(f"extractor {extractor!r} has no classifier head")
     model = load_domain_classifier(extractor)[0]
-    uint8 = images_to_uint8(samples, data.spec.num_levels)
     with torch.no_grad():
-        logits = model(uint8)[1]
+        logits = model(samples.cpu())[1]
     return float((logits.argmax(1) == labels.cpu()).float().mean())

@@ -38,15 +38,25 @@ class BitsPerDim(Metric):
 
     def update(self, log_likelihood: Tensor) -> None:
         """``log_likelihood``: (B,) per-image log-probabilities in nats."""
-        if log_likelihood.dim() != 1:
-            raise GenbenchError(f"log_likelihood must be (B,), got {tuple(log_likelihood.shape)}")
-        if not torch.isfinite(log_likelihood).all():
-            raise GenbenchError("log_likelihood returned NaN or inf")
-        self.nll_sum += -log_likelihood.double().sum()
+        self.nll_sum += negative_log_likelihood(log_likelihood)
         self.count += log_likelihood.numel()
 
     def compute(self) -> Tensor:
-        return self.nll_sum / (self.count * self.dims * math.log(2.0))
+        return bits_from_nll(self.nll_sum, self.count, self.dims)
+
+
+def negative_log_likelihood(log_likelihood: Tensor) -> Tensor:
+    """The summed NLL (nats, float64) of a batch of per-image log-likelihoods (B,), checked."""
+    if log_likelihood.dim() != 1:
+        raise GenbenchError(f"log_likelihood must be (B,), got {tuple(log_likelihood.shape)}")
+    if not torch.isfinite(log_likelihood).all():
+        raise GenbenchError("log_likelihood returned NaN or inf")
+    return -log_likelihood.double().sum()
+
+
+def bits_from_nll(nll_sum: Tensor, count: Tensor | float, dims: int) -> Tensor:
+    """bits/dim = NLL in nats / (images x D x ln 2)."""
+    return nll_sum / (count * dims * math.log(2.0))
 
 
 def bits_per_dim(log_likelihood: Tensor, dims: int) -> float:
@@ -107,23 +117,29 @@ def evaluate_likelihood(
     device: torch.device,
     variant: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
-    """bits/dim of ``method`` on the test images (float [0, 1]), labelled bound or exact;
-    ``variant``: keyword arguments of ``log_likelihood`` (one of its likelihood_variants).
-
-    In a distributed run each rank scores its shard; the metric reduces across ranks."""
-    from bench.distributed import current
-
-    info = current()
-    shard = test_images[info.rank :: info.world_size]
+    """bits/dim of ``method`` on the test images (float [0, 1]) in one process, labelled
+    bound or exact; ``variant``: keyword arguments of ``log_likelihood`` (one of its
+    likelihood_variants). Runs score it sharded across ranks with
+    :class:`bench.evaluators.likelihood.Likelihood`."""
     metric = BitsPerDim(dims).to(device)
     with torch.no_grad():
-        for start in range(0, len(shard), batch_size):
-            x = shard[start : start + batch_size].to(device)
+        for start in range(0, len(test_images), batch_size):
+            x = test_images[start : start + batch_size].to(device)
             metric.update(method.log_likelihood(x, **(variant or {})))
-    bpd = float(metric.compute())
+    return likelihood_scores(float(metric.compute()), method, len(test_images), num_levels, variant)
+
+
+def likelihood_scores(
+    bpd: float,
+    method: Any,
+    num_images: int,
+    num_levels: int,
+    variant: dict[str, Any] | None = None,
+) -> dict[str, Any]:
+    """A result's likelihood entry: bits/dim, bound or exact, and how it was measured."""
     settings = {
         "split": "test",
-        "num_images": len(test_images),
+        "num_images": num_images,
         "num_levels": num_levels,
         "uniform_bpd": uniform_bits_per_dim(num_levels),
     }

@@ -27,19 +27,24 @@ from bench.protocol import EvalSettings
 
 
 @torch.no_grad()
+def encode_features(method: Any, images: Tensor) -> Tensor:
+    """(n, C, H, W) images -> (n, d) float64 features of ``method.encode``, checked finite."""
+    features = method.encode(images).flatten(1).double()
+    if not torch.isfinite(features).all():
+        raise GenbenchError("encode returned NaN or inf features")
+    return features
+
+
+@torch.no_grad()
 def extract_features(method: Any, images: Tensor, batch_size: int, device: torch.device) -> Tensor:
     """(N, C, H, W) images -> (N, d) float64 features from ``method.encode`` in eval mode."""
     was_training = method.training
     method.eval()
     chunks = []
     for start in range(0, len(images), batch_size):
-        feats = method.encode(images[start : start + batch_size].to(device))
-        chunks.append(feats.flatten(1).double().cpu())
+        chunks.append(encode_features(method, images[start : start + batch_size].to(device)).cpu())
     method.train(was_training)
-    features = torch.cat(chunks)
-    if not torch.isfinite(features).all():
-        raise GenbenchError("encode returned NaN or inf features")
-    return features
+    return torch.cat(chunks)
 
 
 def accuracy(predictions: Tensor, labels: Tensor, num_classes: int) -> float:
@@ -158,8 +163,22 @@ def evaluate_probe(
     settings: EvalSettings,
     device: torch.device,
 ) -> dict[str, Any]:
+    """Linear probe and kNN accuracy of ``method``'s features, in one process (runs score
+    it sharded across ranks with :class:`bench.evaluators.probe.Probe`)."""
     train_feats = extract_features(method, train_images, settings.eval_batch_size, device)
     test_feats = extract_features(method, test_images, settings.eval_batch_size, device)
+    return probe_scores(train_feats, train_labels, test_feats, test_labels, num_classes, settings)
+
+
+def probe_scores(
+    train_feats: Tensor,
+    train_labels: Tensor,
+    test_feats: Tensor,
+    test_labels: Tensor,
+    num_classes: int,
+    settings: EvalSettings,
+) -> dict[str, Any]:
+    """A result's probe entry from frozen features: linear-probe and kNN test accuracy."""
     out = linear_probe(train_feats, train_labels, test_feats, test_labels, num_classes, settings)
     out["knn_acc"] = knn_accuracy(
         train_feats,

@@ -14,8 +14,9 @@ from torch import Tensor
 from baselines.common.vit import patchify, sincos_position_embedding, unpatchify
 from baselines.ssl.cpc import ContextNetwork, patch_grid
 from baselines.ssl.dim import infonce_mi, jsd_mi
-from baselines.ssl.mae import masked_patch_loss, random_masking, warmup_cosine
-from bench.method import Batch, DataSpec
+from baselines.ssl.mae import masked_patch_loss, random_masking
+from bench.method import Batch, BatchNoise, DataSpec
+from bench.optim import lr_factor, run_step
 from bench.registry import METHODS
 
 DIGITS = DataSpec("tiny", 1, 8, 8, 17, 10)
@@ -74,8 +75,8 @@ def test_dim_prior_discriminator_is_updated_only_by_its_own_optimizer() -> None:
     before = [p.detach().clone() for p in method.prior_discriminator.parameters()]
     head_before = method.global_head[0].weight.detach().clone()
     x = torch.rand(8, *DIGITS.shape)
-    logs = method.train_step(Batch(x, torch.zeros(8, dtype=torch.long)), 0)
-    assert {"local_mi", "global_mi", "prior_discriminator_loss"} <= set(logs)
+    logs = run_step(method, Batch(x, torch.zeros(8, dtype=torch.long)), 0)
+    assert {"local_mi", "global_mi", "encoder_loss", "prior_loss"} <= set(logs)
     for p, p0 in zip(method.prior_discriminator.parameters(), before, strict=True):
         assert torch.equal(p, p0)
     assert not torch.equal(method.global_head[0].weight, head_before)
@@ -84,8 +85,25 @@ def test_dim_prior_discriminator_is_updated_only_by_its_own_optimizer() -> None:
 def test_dim_infonce_option_trains() -> None:
     torch.manual_seed(0)
     method = METHODS.get("dim").build(DIGITS, {"estimator": "infonce"})
-    logs = method.train_step(Batch(torch.rand(8, *DIGITS.shape), torch.zeros(8).long()), 0)
+    logs = run_step(method, Batch(torch.rand(8, *DIGITS.shape), torch.zeros(8).long()), 0)
     assert -1.0 < logs["local_mi"] <= math.log(8) + 1e-6  # InfoNCE is at most log B
+
+
+@pytest.mark.parametrize(("gamma", "updates"), [(0.1, ["encoder", "prior"]), (0.0, ["encoder"])])
+def test_dim_step_updates_the_encoder_then_the_prior_discriminator(gamma, updates) -> None:
+    """One forward pass: the encoder's update, then D_phi's on the same sigma(Y) (eq. 7's
+    two players); no D_phi update when prior matching is off."""
+    torch.manual_seed(0)
+    method = METHODS.get("dim").build(DIGITS, {"gamma": gamma})
+    batch = Batch(torch.rand(8, *DIGITS.shape), torch.zeros(8).long())
+    names = []
+    for update in method.train_step(batch, 0):
+        names.append(update.optimizer)
+        update.loss()
+        if update.optimizer == "encoder":  # D_phi is not trained by the encoder's loss
+            assert not any(p.requires_grad for p in method.prior_discriminator.parameters())
+    assert names == updates
+    assert all(p.requires_grad for p in method.prior_discriminator.parameters())
 
 
 # -- CPC ---------------------------------------------------------------------------------------
@@ -201,7 +219,7 @@ def test_random_masking_keeps_the_fraction_per_sample_at_random_positions() -> N
     torch.manual_seed(0)
     b, n = 64, 49
     tokens = torch.arange(n, dtype=torch.float32).view(1, n, 1).expand(b, n, 3)
-    visible, mask, ids_restore = random_masking(tokens, 0.75)
+    visible, mask, ids_restore = random_masking(tokens, 0.75, torch.rand(b, n))
     keep = int(n * 0.25)
     assert visible.shape == (b, keep, 3)
     assert (mask.sum(1) == n - keep).all()
@@ -225,7 +243,7 @@ def _hooked_forward(method) -> tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     ]
     x = torch.rand(4, *DIGITS.shape)
     with torch.no_grad():
-        _, mask = mae(x, 0.75)
+        _, mask = mae(x, 0.75, torch.rand(4, mae.num_patches))
         tokens = mae.embed(x)
     for hook in hooks:
         hook.remove()
@@ -291,8 +309,44 @@ def test_mae_encode_uses_all_patches_without_randomness() -> None:
     assert torch.equal(features, method.encode(x))
 
 
-def test_warmup_cosine_schedule() -> None:
-    assert warmup_cosine(0, 10, 100) == pytest.approx(0.1)
-    assert warmup_cosine(9, 10, 100) == pytest.approx(1.0)
-    assert warmup_cosine(55, 10, 100) == pytest.approx(0.5)
-    assert warmup_cosine(100, 10, 100) == pytest.approx(0.0)
+def test_mae_learning_rate_warms_up_then_decays_by_a_cosine_in_the_loop() -> None:
+    """MAE A.1: the loop warms up over warmup_fraction of the run, then a cosine to 0."""
+    torch.manual_seed(0)
+    method = METHODS.get("mae").build(DIGITS, {"warmup_fraction": 0.1, "lr": 1e-3})
+    assert method.optimizer_settings["adamw"].schedule == "constant"  # run length unknown
+    method.set_budget(1000, 10)  # 100 steps
+    settings = method.optimizer_settings["adamw"]
+    assert (settings.schedule, settings.warmup_steps, settings.final_lr_fraction) == (
+        "warmup-cosine",
+        10,
+        0.0,
+    )
+    optimizer = method.optimizers["adamw"]
+    for step, factor in ((0, 0.1), (9, 1.0), (55, 0.5)):
+        run_step(method, Batch(torch.rand(4, *DIGITS.shape), torch.zeros(4).long()), step)
+        assert factor == pytest.approx(lr_factor(step, "warmup-cosine", 10, 100))
+        for group in optimizer.param_groups:
+            assert group["lr"] == pytest.approx(1e-3 * factor)
+
+
+def test_mae_mask_of_an_example_does_not_depend_on_the_batch_split() -> None:
+    """The masking noise of an image is a function of its position in the global batch:
+    the masks of a part of the batch (a micro-batch, a rank's share) are the whole's rows."""
+    torch.manual_seed(0)
+    method = METHODS.get("mae").build(DIGITS)
+    x = torch.rand(8, *DIGITS.shape)
+    seen: list[Tensor] = []
+    hook = method.encoder.register_forward_pre_hook(lambda m, args: seen.append(args[2]))
+
+    def noise(positions: list[int]) -> Tensor:
+        index = torch.tensor(positions)
+        batch = Batch(x[index], torch.zeros(len(index)).long(), BatchNoise(5, index, 8))
+        with torch.no_grad():
+            next(method.train_step(batch, 0)).loss()
+        return seen[-1]
+
+    whole = noise(list(range(8)))
+    assert whole.shape == (8, method.encoder.num_patches)
+    for part in ([0, 1, 2, 3], [4, 5, 6, 7], [0, 2, 4, 6], [1, 3, 5, 7]):
+        assert torch.equal(noise(part), whole[part])
+    hook.remove()

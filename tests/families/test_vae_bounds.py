@@ -1,6 +1,7 @@
 """The VAE's bounds against closed forms: the ELBO of a linear-Gaussian model equals log p(x)
 with the exact posterior and falls short by KL(q || p(z | x)) otherwise; IWAE with k = 1 is
-the single-sample ELBO; the discrete decoders are normalised over the L levels."""
+the single-sample ELBO; the discrete decoders are normalised over the L levels; the training
+ELBO's per-example noise does not depend on how the global batch is split."""
 
 from __future__ import annotations
 
@@ -17,7 +18,8 @@ from baselines.vae.vae import (
     importance_log_weights,
     iwae_bound,
 )
-from bench.method import Batch, DataSpec, from_levels
+from bench.method import Batch, BatchNoise, DataSpec, from_levels
+from bench.optim import run_step
 from bench.registry import METHODS
 
 DIGITS = DataSpec("digits", 1, 8, 8, 17, 10)
@@ -146,7 +148,8 @@ def test_iwae_with_one_sample_is_the_single_sample_elbo(decoder: str) -> None:
 def test_vae_likelihood_variants_are_the_iwae_bound_and_the_elbo() -> None:
     vae = small_vae(iwae_samples=50)
     x = digit_batch()
-    vae.train_step(Batch(x, torch.zeros(len(x))), 0)
+    logs = run_step(vae, Batch(x, torch.zeros(len(x))), 0)
+    assert set(logs) == {"loss", "elbo_bpd"}
     vae.eval()
     assert vae.likelihood_variants() == [{"bound": "iwae"}, {"bound": "elbo"}]
     with torch.no_grad():
@@ -196,3 +199,24 @@ def test_decoder_draws_follow_the_level_probabilities() -> None:
     assert (frequencies - probs).abs().max() < 0.03
     again = decoder.draw(params, torch.Generator().manual_seed(0))[:, 0, 0, 0]
     assert torch.equal(draws, again)
+
+
+def test_training_noise_is_per_example_whatever_the_split() -> None:
+    """The ELBO terms of images 0..15 of a global batch are the same whether one process
+    takes all 16 or two ranks (or micro-batches) take 8 each: eps is a function of (seed,
+    step, position), not of the part that draws it."""
+    vae = small_vae()
+    x = from_levels(torch.randint(0, 17, (16, 1, 8, 8), generator=torch.Generator().manual_seed(2)), 17)
+    y = torch.zeros(16)
+    positions = torch.arange(16)
+    with torch.no_grad():
+        whole = vae.training_elbo(Batch(x, y, BatchNoise(7, positions, 16)))
+        halves = [
+            vae.training_elbo(Batch(x[part], y[part], BatchNoise(7, part, 16)))
+            for part in (positions[0::2], positions[1::2])  # the ranks' interleaved shares
+        ]
+        other_seed = vae.training_elbo(Batch(x, y, BatchNoise(8, positions, 16)))
+    split = torch.empty(16)
+    split[0::2], split[1::2] = halves
+    assert torch.allclose(whole, split, atol=1e-5)
+    assert not torch.allclose(whole, other_seed)  # and the noise is drawn, not fixed

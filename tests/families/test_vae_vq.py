@@ -12,7 +12,8 @@ import torch
 
 from baselines.common.vq import VectorQuantizer, code_perplexity, nearest_codes
 from baselines.vae.vq_vae import VQVAE, PixelCNNPrior, prior_log_prob
-from bench.method import Batch, DataSpec, from_levels, to_levels
+from bench.method import Batch, BatchNoise, DataSpec, from_levels, to_levels
+from bench.optim import run_step
 from bench.registry import METHODS
 
 DIGITS = DataSpec("digits", 1, 8, 8, 17, 10)
@@ -74,7 +75,10 @@ def test_ema_codebook_update_follows_the_formula() -> None:
     size, code_sum = quantizer.ema_cluster_size.clone(), quantizer.ema_code_sum.clone()
     z_e = torch.randn(3, 2, 2, 2)
     codes = quantizer.quantise(z_e).flatten()
+    before = quantizer.codebook.clone()
     quantizer(z_e, update=True)
+    assert torch.equal(quantizer.codebook, before)  # recorded, applied after the update
+    assert quantizer.apply_update() is not None
     flat = z_e.permute(0, 2, 3, 1).reshape(-1, 2)
     counts = torch.bincount(codes, minlength=num_codes).float()
     sums = torch.zeros(num_codes, 2).index_add_(0, codes, flat)
@@ -85,7 +89,34 @@ def test_ema_codebook_update_follows_the_formula() -> None:
     # without update (evaluation) nothing moves
     before = quantizer.codebook.clone()
     quantizer(z_e)
+    assert quantizer.apply_update() is None
     assert torch.equal(quantizer.codebook, before)
+
+
+def test_codebook_update_is_one_update_from_the_whole_batch_however_it_is_split() -> None:
+    """Statistics recorded by two micro-batches (or ranks) of a step give the update one
+    process gives the whole batch, restarts included (drawn from the step's seed)."""
+    torch.manual_seed(0)
+    z_e = torch.randn(8, 2, 2, 2)
+    z_e[:, :, 0, 0] += 50.0  # far from every code: most codes stay unused and restart
+    positions = torch.arange(8)
+    results = []
+    for parts in ([positions], [positions[0::2], positions[1::2]]):
+        torch.manual_seed(1)
+        quantizer = VectorQuantizer(6, 2, codebook="ema", dead_code_restart=True)
+        for part in parts:
+            quantizer(z_e[part], update=True, noise=BatchNoise(5, part, 8))
+        perplexity = quantizer.apply_update()
+        assert quantizer.apply_update() is None  # once per step
+        results.append((perplexity, {k: v.clone() for k, v in quantizer.state_dict().items()}))
+    (whole_perplexity, whole), (split_perplexity, split) = results
+    assert whole_perplexity == pytest.approx(split_perplexity)
+    for key, value in whole.items():
+        assert torch.allclose(value, split[key], atol=1e-5), key
+    restarted = (whole["usage"] == 1.0).nonzero().squeeze(1)
+    assert len(restarted) > 0
+    flat = z_e.permute(0, 2, 3, 1).reshape(-1, 2)
+    assert (whole["codebook"][restarted][:, None] == flat[None]).all(-1).any(1).all()
 
 
 def test_dead_codes_restart_at_encoder_outputs() -> None:
@@ -94,6 +125,7 @@ def test_dead_codes_restart_at_encoder_outputs() -> None:
     quantizer.codebook.data = torch.tensor([[0.0, 0.0]] + [[100.0, 100.0]] * 5)
     z_e = 0.1 * torch.randn(4, 2, 3, 3)  # everything is nearest to code 0
     quantizer(z_e, update=True)
+    quantizer.apply_update()
     flat = z_e.permute(0, 2, 3, 1).reshape(-1, 2)
     restarted = quantizer.codebook[1:]
     # every unused code now sits on one of the batch's encoder outputs
@@ -162,7 +194,7 @@ def test_vqvae_bound_is_below_the_exact_log_likelihood() -> None:
         torch.randint(0, 17, (5, 1, 8, 8), generator=torch.Generator().manual_seed(1)), 17
     )
     for step in range(3):  # a few steps, so the decoder is not uniform
-        vqvae.train_step(Batch(x, torch.zeros(5)), step)
+        run_step(vqvae, Batch(x, torch.zeros(5)), step)
     vqvae.eval()
     grids = all_grids(3, vqvae.positions)
     levels = to_levels(x, 17)
@@ -213,12 +245,13 @@ def test_stages_switch_on_the_budget_and_the_prior_stage_freezes_the_autoencoder
     vqvae.set_budget(640, 64)  # as the training loop does: the prior from image 320 on
     x = from_levels(torch.randint(0, 17, (64, 1, 8, 8)), 17)
     batch = Batch(x, torch.zeros(64))
-    logs = [vqvae.train_step(batch, step) for step in range(5)]
-    assert all("perplexity" in log and "prior_nll_per_code" not in log for log in logs)
+    logs = [run_step(vqvae, batch, step) for step in range(5)]
+    assert all("perplexity" in log and "prior_loss" not in log for log in logs)
+    assert all("autoencoder_loss" in log for log in logs)
     autoencoder = {k: v.clone() for k, v in vqvae.state_dict().items() if not k.startswith("prior")}
     prior = {k: v.clone() for k, v in vqvae.prior.state_dict().items()}
-    log = vqvae.train_step(batch, 5)
-    assert set(log) == {"prior_nll_per_code"}
+    log = run_step(vqvae, batch, 5)
+    assert set(log) == {"prior_loss"}
     for key, value in vqvae.state_dict().items():
         if not key.startswith("prior"):
             assert torch.equal(value, autoencoder[key]), key
@@ -229,8 +262,9 @@ def test_stages_switch_on_the_budget_and_the_prior_stage_freezes_the_autoencoder
 def test_vqvae_options_train(overrides: dict) -> None:
     vqvae = tiny_vqvae(**overrides, num_codes=8)
     x = from_levels(torch.randint(0, 17, (16, 1, 8, 8)), 17)
-    log = vqvae.train_step(Batch(x, torch.zeros(16)), 0)
-    assert torch.isfinite(torch.tensor(log["loss"])) and 1.0 <= log["perplexity"] <= 8.0
+    log = run_step(vqvae, Batch(x, torch.zeros(16)), 0)
+    assert torch.isfinite(torch.tensor(log["autoencoder_loss"]))
+    assert 1.0 <= log["perplexity"] <= 8.0 and 1.0 <= vqvae.last_perplexity <= 8.0
     vqvae.prepare(x, torch.zeros(16), x)
     usage = vqvae.sample_settings()
     assert 1 <= usage["train_used_codes"] <= 8 and usage["num_codes"] == 8

@@ -21,6 +21,7 @@ from baselines.vae.vqgan import (
     adaptive_weight,
 )
 from bench.method import Batch, DataSpec, from_levels
+from bench.optim import run_step
 from bench.registry import METHODS
 
 DIGITS = DataSpec("digits", 1, 8, 8, 17, 10)
@@ -101,7 +102,7 @@ def test_perceptual_distance_from_a_local_vgg16_file(tmp_path: Path) -> None:
     torch.manual_seed(0)
     method = METHODS.get("vqgan").build(DIGITS, {**SMALL, "perceptual_weights": str(path)})
     images = from_levels(torch.randint(0, 17, (4, 1, 8, 8)), 17)
-    method.train_step(Batch(images, torch.zeros(4)), 0)
+    run_step(method, Batch(images, torch.zeros(4)), 0)
     assert str(path) in method.sample_settings()["perceptual"]
     assert "vgg" not in " ".join(method.state_dict())  # a loss network, not part of the model
     default = METHODS.get("vqgan").build(DIGITS, SMALL)
@@ -119,13 +120,15 @@ def test_vqgan_first_stage_step_trains_the_critic_after_its_start() -> None:
     images = from_levels(torch.randint(0, 17, (64, 1, 8, 8)), 17)
     batch = Batch(images, torch.zeros(64))
     critic = {k: v.clone() for k, v in method.critic.state_dict().items()}
-    before = method.train_step(batch, 0)
+    before = run_step(method, batch, 0)
     assert "critic_loss" not in before and "adaptive_weight" not in before
+    assert "autoencoder_loss" in before and "l1" in before
     assert all(torch.equal(v, critic[k]) for k, v in method.critic.state_dict().items())
-    after = method.train_step(batch, 1)
+    after = run_step(method, batch, 1)
     assert after["adaptive_weight"] > 0 and "critic_loss" in after
     assert any(not torch.equal(v, critic[k]) for k, v in method.critic.state_dict().items())
-    assert set(method.train_step(batch, 5)) == {"prior_nll_per_code"}
+    assert all(p.requires_grad for p in method.critic.parameters())  # toggled back on
+    assert set(run_step(method, batch, 5)) == {"prior_loss"}
     method.eval()
     samples = method.sample(5, torch.Generator().manual_seed(0))
     assert samples.shape == (5, 1, 8, 8) and method.last_nfe == method.positions + 1

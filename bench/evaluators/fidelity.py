@@ -1,0 +1,134 @@
+"""Sample quality: FID, KID, precision/recall (torch-fidelity, :mod:`bench.metrics.fidelity`)
+and, for class-conditional methods, the domain classifier's accuracy on the samples.
+
+Every rank draws its chunks of samples (each chunk from its own generator,
+:func:`bench.seeds.chunk_seed`), quantised to the data's levels as uint8 into a state indexed
+by sample position; the sum across ranks gathers the whole set on rank 0 in the order one
+process draws it, and rank 0 computes FID / KID / PR once, on the whole set.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from bench.evaluators.base import Chunk, Column, register_evaluator
+from bench.evaluators.feeds import SampleEvaluator
+
+if TYPE_CHECKING:
+    from torch import Tensor
+
+#: the sample grid of the method's default sampler, in the run folder
+GRID_FILE = "samples.png"
+GRID_IMAGES = 64
+
+
+@register_evaluator("fidelity")
+class Fidelity(SampleEvaluator):
+    """FID / KID / precision-recall against the train split through the study's extractor."""
+
+    columns = (
+        Column("fid", "FID", higher_is_better=False, range=(0.0, math.inf), decimals=2),
+        # an unbiased MMD^2 estimate: below zero for near-identical sets, so no floor
+        Column("kid", "KID", higher_is_better=False, decimals=4),
+        Column("precision", "precision", higher_is_better=True, range=(0.0, 1.0)),
+        Column("recall", "recall", higher_is_better=True, range=(0.0, 1.0)),
+        Column("sample_acc", "sample class acc", higher_is_better=True, range=(0.0, 1.0)),
+    )
+    settings = (
+        "fid_samples",
+        "sample_batch_size",
+        "eval_batch_size",
+        "kid_subset_size",
+        "kid_subsets",
+        "prc_neighborhood",
+    )
+    order = 20
+
+    images: Tensor
+    drawn: Tensor
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        import torch
+
+        count, shape = self.sample_count(), self.context.data.spec.shape
+        self.add_state("images", torch.zeros(count, *shape, dtype=torch.uint8))
+        self.add_state("drawn", torch.zeros(count, dtype=torch.float64))
+
+    def update(self, samples: Tensor, labels: Tensor | None, chunk: Chunk) -> None:
+        from bench.method import to_levels
+        from bench.metrics.fidelity import levels_to_uint8
+
+        num_levels = self.context.data.spec.num_levels
+        levels = to_levels(samples.detach(), num_levels)  # what a saved image file holds
+        self.images[chunk.start : chunk.stop] = levels_to_uint8(levels, num_levels)
+        self.drawn[chunk.start : chunk.stop] += 1
+
+    def compute(self) -> dict[str, Any]:
+        from bench.metrics import fidelity
+        from bench.metrics.extractors import DOMAIN_EXTRACTORS
+
+        if not bool((self.drawn == 1).all()):
+            raise RuntimeError("fidelity: the ranks did not draw every sample exactly once")
+        context = self.context
+        samples = self.images.cpu()
+        scores = fidelity.evaluate_uint8_samples(
+            samples,
+            context.data,
+            context.extractor,
+            context.settings,
+            context.seed,
+            context.device,
+            context.feature_weights,
+        )
+        scores["settings"]["sampler"] = {**context.method.sample_settings(), **self.variant}
+        labels = self.sample_labels(len(samples))
+        if labels is not None and context.extractor in DOMAIN_EXTRACTORS:
+            scores["sample_acc"] = fidelity.uint8_classifier_accuracy(
+                samples, labels, context.extractor
+            )
+        return scores
+
+    def result(self) -> dict[str, Any]:
+        scores = self.compute()
+        if self.section == self.section_name(0):  # the method's own sampler
+            save_grid(
+                self.images[:GRID_IMAGES].cpu().float() / 255.0, self.context.directory / GRID_FILE
+            )
+        return {"scores": scores, "speed": self.speed}
+
+    @classmethod
+    def record(
+        cls, metrics: dict[str, Any], index: int, variant: dict[str, Any], value: Any
+    ) -> None:
+        scores, speed = dict(value["scores"]), value["speed"]
+        if index == 0:
+            metrics["fidelity"] = scores
+            metrics.setdefault("throughput", {}).update(speed)
+        else:
+            scores.update(variant=variant, **speed)
+            metrics.setdefault("fidelity_variants", []).append(scores)
+
+    @classmethod
+    def row(cls, scores: dict[str, Any]) -> dict[str, Any]:
+        """Columns named by extractor (``fid[digits-cnn]``); a variant's row adds its cost."""
+        extractor = scores["settings"]["extractor"]
+        row = {
+            f"{c.name}[{extractor}]": scores[c.name]
+            for c in cls.columns
+            if scores.get(c.name) is not None
+        }
+        for key in ("sample_images_per_s", "nfe"):
+            if scores.get(key) is not None:
+                row[key] = scores[key]
+        return row
+
+
+def save_grid(images: Tensor, path: Path) -> None:
+    """An 8-wide grid of images in [0, 1], as a png."""
+    from torchvision.utils import save_image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    save_image(images, path, nrow=8, padding=1)
