@@ -95,7 +95,7 @@ def broadcast_module(module: nn.Module) -> None:
 
 def wrap_group(group: nn.Module, device: torch.device) -> nn.Module:
     """``DistributedDataParallel`` over one optimiser group (see :mod:`bench.optim`)."""
-    kwargs: dict[str, Any] = dict(find_unused_parameters=True, broadcast_buffers=False)
+    kwargs: dict[str, Any] = dict(find_unused_parameters=True)  # the group holds no buffers
     if device.type == "cuda":
         kwargs["device_ids"] = [device.index if device.index is not None else 0]
     return nn.parallel.DistributedDataParallel(group, **kwargs)

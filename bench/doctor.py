@@ -57,6 +57,8 @@ from bench import distributed
 from bench.errors import GenbenchError
 from bench.method import DataSpec, Method, from_levels
 from bench.metrics import throughput
+from bench.optim import Optimisation, prepare_fast_paths
+from bench.train import step_batches
 
 log = logging.getLogger("genbench.doctor")
 
@@ -73,6 +75,11 @@ NO_GPU_LINE = (
 #: the data spec of a GPU check (CIFAR-10's shape) and of a dry run (digits')
 GPU_SPEC = DataSpec("synthetic-32x32x3", 3, 32, 32, num_levels=256, num_classes=10)
 DRY_RUN_SPEC = DataSpec("digits", 1, 8, 8, num_levels=17, num_classes=10)
+#: steps and batches: a GPU check's, and the dry run's (the code path, in seconds)
+GPU_SIZES = dict(batch=64, warmup=5, steps=20, fid_batch=64, fid_warmup=2, fid_steps=10,
+                 ddp_warmup=3, ddp_steps=10)  # fmt: skip
+DRY_RUN_SIZES = dict(batch=4, warmup=1, steps=2, fid_batch=1, fid_warmup=1, fid_steps=1,
+                     ddp_warmup=1, ddp_steps=2)  # fmt: skip
 
 #: training variants: name -> (precision, channels_last, compile); compile runs last, so a
 #: slow compilation cannot eat the time of the other parts
@@ -125,16 +132,9 @@ class Settings:
 
     @classmethod
     def defaults(cls, dry_run: bool, **overrides: Any) -> Settings:
-        if dry_run:
-            sizes: dict[str, Any] = dict(
-                spec=DRY_RUN_SPEC, batch=4, warmup=1, steps=2, fid_batch=1, fid_warmup=1,
-                fid_steps=1, ddp_warmup=1, ddp_steps=2,
-            )  # fmt: skip
-        else:
-            sizes = dict(
-                spec=GPU_SPEC, batch=64, warmup=5, steps=20, fid_batch=64, fid_warmup=2,
-                fid_steps=10, ddp_warmup=3, ddp_steps=10,
-            )  # fmt: skip
+        sizes = (
+            {"spec": DRY_RUN_SPEC, **DRY_RUN_SIZES} if dry_run else {"spec": GPU_SPEC, **GPU_SIZES}
+        )
         given = {k: v for k, v in overrides.items() if v is not None}
         return cls(method=given.pop("method", "ddpm"), dry_run=dry_run, **{**sizes, **given})
 
@@ -345,19 +345,19 @@ def synthetic_data(spec: DataSpec, count: int, seed: int = 0) -> tuple[Tensor, T
     return from_levels(levels, spec.num_levels), labels
 
 
-def build_method(name: str, spec: DataSpec, device: torch.device, budget_images: int) -> Method:
-    """The registered method with its defaults for ``spec``, seeded, on ``device``."""
+def build_method(name: str, spec: DataSpec, device: torch.device, steps: int, batch: int) -> Method:
+    """The registered method with its defaults for ``spec``, seeded, on ``device``, told
+    that its run lasts ``steps`` steps of ``batch`` images (schedules that need a length)."""
     from bench.registry import METHODS
 
     torch.manual_seed(0)
     method: Method = METHODS.get(name).build(spec, {}).to(device)
-    method.set_budget(budget_images, 1)
+    method.set_budget(steps * batch, batch)
     return method
 
 
 def loop_step(
-    method: Method,
-    optimisation: Any,
+    optimisation: Optimisation,
     images: Tensor,
     labels: Tensor,
     batch: int,
@@ -365,7 +365,6 @@ def loop_step(
     channels_last: bool,
 ) -> Callable[[int], int]:
     """One training step of the loop (its batching and its Optimisation), as ``step(i)``."""
-    from bench.train import step_batches
 
     def step(i: int) -> int:
         batches = step_batches(images, labels, 0, i, batch, 1, device, channels_last)
@@ -376,7 +375,7 @@ def loop_step(
 
 
 def count_flops(settings: Settings, device: torch.device) -> dict[str, Any]:
-    method = build_method(settings.method, settings.spec, device, settings.batch)
+    method = build_method(settings.method, settings.spec, device, 1, settings.batch)
     probe = synthetic_data(settings.spec, min(8, settings.batch))[0].to(device)
     return {
         "parameters": throughput.count_parameters(method),
@@ -394,17 +393,15 @@ def train_variant(
     soft_deadline: float,
 ) -> dict[str, Any]:
     """Throughput of the loop's training step in one variant (a fresh, seeded method)."""
-    from bench.optim import Optimisation, prepare_fast_paths
-
     total = settings.warmup + settings.steps
-    method = build_method(settings.method, settings.spec, device, total * settings.batch)
+    method = build_method(settings.method, settings.spec, device, total, settings.batch)
     distributed.sync_batchnorm(method, device)
     optimisation = Optimisation(method, device, precision)
     prepare_fast_paths(method, channels_last, compile)
     method.train()
     images, labels = synthetic_data(settings.spec, 2 * settings.batch)
-    step = loop_step(method, optimisation, images.to(device), labels.to(device),
-                     settings.batch, device, channels_last)  # fmt: skip
+    images, labels = images.to(device), labels.to(device)
+    step = loop_step(optimisation, images, labels, settings.batch, device, channels_last)
     with throughput.MemoryMonitor(device) as memory:
         timing = measure(step, StepClock(device), settings.warmup, settings.steps, soft_deadline)
     ips = timing.images_per_second()
@@ -414,6 +411,7 @@ def train_variant(
         "compile": compile,
         **timing.summary(),
         "mfu": training_mfu(flops_per_image, ips, device, precision),
+        "peak_flops": peak_flops(device, precision),
         "peak_memory_mb": memory.peak_mb,
         "memory_kind": memory.kind,
     }
@@ -473,11 +471,11 @@ def fid_extraction(
     extractor = extractor.to(device).eval()
     side = 299
     generator = torch.Generator(device=device).manual_seed(0)
-    batches = [
-        torch.randint(0, 256, (settings.fid_batch, 3, side, side), dtype=torch.uint8,
-                      generator=generator, device=device)
+    shape = (settings.fid_batch, 3, side, side)
+    batches = [  # two generated batches, alternated
+        torch.randint(0, 256, shape, dtype=torch.uint8, generator=generator, device=device)
         for _ in range(2)
-    ]  # fmt: skip
+    ]
     flops = forward_flops(extractor, (1, 3, side, side), torch.uint8)
     features: list[Tensor] = []
 
@@ -501,6 +499,7 @@ def fid_extraction(
         **timing.summary(),
         "forward_flops_per_image": flops,
         "mfu": inference_mfu(flops, ips, device, "fp32"),
+        "peak_flops": peak_flops(device, "fp32"),
         "peak_memory_mb": memory.peak_mb,
         "memory_kind": memory.kind,
     }
@@ -519,8 +518,6 @@ def _ddp_worker(
     because the process group is initialised; rank 0 writes the timings and the check."""
     import torch.distributed as dist
 
-    from bench.optim import Optimisation
-
     device = torch.device(device_text)
     if device.type == "cuda":
         torch.cuda.set_device(device)
@@ -531,15 +528,15 @@ def _ddp_worker(
     )
     try:
         total = settings.ddp_warmup + settings.ddp_steps
-        method = build_method(settings.method, settings.spec, device, total * settings.batch)
+        method = build_method(settings.method, settings.spec, device, total, settings.batch)
         distributed.sync_batchnorm(method, device)
         distributed.broadcast_module(method)
         optimisation = Optimisation(method, device, "fp32")
         wrapped = sum(g.ddp is not None for g in optimisation.groups.values())
         method.train()
         images, labels = synthetic_data(settings.spec, 2 * settings.batch)
-        step = loop_step(method, optimisation, images.to(device), labels.to(device),
-                         settings.batch, device, False)  # fmt: skip
+        images, labels = images.to(device), labels.to(device)
+        step = loop_step(optimisation, images, labels, settings.batch, device, False)
         timing = measure(step, StepClock(device), settings.ddp_warmup, settings.ddp_steps)
         flat = torch.cat([p.detach().reshape(-1).float() for p in method.parameters()])
         reference = flat.clone()
@@ -629,7 +626,18 @@ def ddp_check(settings: Settings, device: torch.device, soft_deadline: float) ->
 # -- the whole check ---------------------------------------------------------------------------
 
 
+def _nccl_version() -> str | None:
+    try:
+        version = torch.cuda.nccl.version()
+    except (AttributeError, RuntimeError):  # a build without NCCL
+        return None
+    return ".".join(map(str, version)) if isinstance(version, tuple) else str(version)
+
+
 def device_report(device: torch.device) -> dict[str, Any]:
+    """Device, versions and, on a GPU, what MFU is measured against. ``tf32_cudnn`` on
+    (PyTorch's default) runs fp32 convolutions in TF32: their fp32 MFU, taken against the
+    fp32 dense peak, can then pass 1."""
     report: dict[str, Any] = {
         "device": device.type,
         "device_name": throughput.device_name(device),
@@ -644,7 +652,7 @@ def device_report(device: torch.device) -> dict[str, Any]:
             "capability": f"{props.major}.{props.minor}",
             "memory_gb": props.total_memory / 2**30,
             "multiprocessors": props.multi_processor_count,
-            "nccl": ".".join(map(str, torch.cuda.nccl.version())),
+            "nccl": _nccl_version(),
             "tf32_matmul": torch.backends.cuda.matmul.allow_tf32,
             "tf32_cudnn": torch.backends.cudnn.allow_tf32,
             "peak_flops": {p: peak_flops(device, p) for p in ("fp32", "bf16")},
@@ -764,10 +772,12 @@ def command_line(args: argparse.Namespace) -> str:
     ):
         if value is not None:
             words += [flag, str(value)]
-    words += [flag for flag, on in (
-        ("--dry-run", args.dry_run), ("--skip-compile", args.skip_compile),
-        ("--no-channels-last", args.no_channels_last),
-    ) if on]  # fmt: skip
+    switches = {
+        "--dry-run": args.dry_run,
+        "--skip-compile": args.skip_compile,
+        "--no-channels-last": args.no_channels_last,
+    }
+    words += [flag for flag, on in switches.items() if on]
     return shlex.join(words)
 
 
@@ -795,6 +805,10 @@ def main(args: argparse.Namespace) -> int:
     if args.ddp_backend not in ("auto", "nccl", "gloo"):
         raise GenbenchError(f"--ddp-backend {args.ddp_backend!r}: expected auto, nccl or gloo")
     parts = _parts(args.parts)
+    if args.budget_s is not None and not (math.isfinite(args.budget_s) and args.budget_s > 0):
+        raise GenbenchError(f"--budget-s {args.budget_s}: expected a positive number of seconds")
+    if args.out is not None and args.out.is_dir():  # found now, not after 8 minutes
+        raise GenbenchError(f"--out {args.out} is a folder: give the JSON file's path")
     dry_run = args.dry_run or not torch.cuda.is_available()
     if not torch.cuda.is_available():
         print(NO_GPU_LINE, flush=True)

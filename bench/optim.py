@@ -251,9 +251,13 @@ def run_step(
     """One training step of ``method`` on ``batch`` outside the training loop (tests,
     one-off checks): the loop's own :class:`Optimisation`, one process, no accumulation.
     Returns the step's logs."""
-    if not hasattr(method, "_one_off_optimisation"):
-        method._one_off_optimisation = Optimisation(  # type: ignore[attr-defined]
-            method, device or method.device, precision
-        )
-    logs, _ = method._one_off_optimisation.step([batch], step)  # type: ignore[attr-defined]
+    optimisation = _ONE_OFF.get(id(method))
+    if optimisation is None or optimisation.method is not method:
+        optimisation = Optimisation(method, device or method.device, precision)
+        _ONE_OFF[id(method)] = optimisation
+    logs, _ = optimisation.step([batch], step)
     return logs
+
+
+#: the Optimisation of each method stepped by :func:`run_step` (a method is stepped by one)
+_ONE_OFF: dict[int, Optimisation] = {}

@@ -3,7 +3,6 @@ timing, MFU and budget bookkeeping count what they say they count."""
 
 from __future__ import annotations
 
-import inspect
 import json
 import math
 import time
@@ -38,8 +37,7 @@ def no_gpu(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_cpu_dry_run_writes_every_section(tmp_path: Path, no_gpu: None, capsys) -> None:
     out = tmp_path / "gpu" / "doctor.json"
-    # gan: a method already on the loop's Update API (ddpm: the next test, once converted)
-    code = main(["doctor", "--gpu", "--method", "gan", "--skip-compile", "--out", str(out)])
+    code = main(["doctor", "--gpu", "--skip-compile", "--out", str(out)])  # ddpm by default
     printed = capsys.readouterr().out.splitlines()
     assert code == 0, printed
     assert printed[0] == doctor.NO_GPU_LINE
@@ -50,14 +48,14 @@ def test_cpu_dry_run_writes_every_section(tmp_path: Path, no_gpu: None, capsys) 
     assert report["device_name"].startswith("cpu") and report["torch"] == torch.__version__
     datetime.fromisoformat(report["timestamp"])
     assert report["command"].startswith("genbench doctor --gpu --out ")
-    assert "--skip-compile" in report["command"] and "--method gan" in report["command"]
+    assert "--skip-compile" in report["command"] and "--method ddpm" in report["command"]
     assert report["env"]["packages"]["torch"]
     assert report["settings"]["data_spec"]["height"] == 8  # the digits spec of a dry run
     assert 0 < report["wall_s"] < report["budget_s"]
     assert report["failed"] == []
 
     train = report["train"]
-    assert train["method"] == "gan"
+    assert train["method"] == "ddpm"
     assert train["flops"]["status"] == "ok"
     assert train["flops"]["forward_flops_per_image"] > 0 and train["flops"]["parameters"] > 0
     assert set(train["variants"]) == set(doctor.TRAIN_VARIANTS)
@@ -66,8 +64,7 @@ def test_cpu_dry_run_writes_every_section(tmp_path: Path, no_gpu: None, capsys) 
         assert variant["status"] == "ok", variant
         assert variant["images_per_s"] > 0 and variant["peak_memory_mb"] > 0
         assert variant["measured_steps"] == 2 and variant["warmup_steps"] == 1
-        # a GAN step consumes the batch and, in its generator update, as many fakes again
-        assert variant["images_per_step"] == 2 * report["settings"]["batch"]
+        assert variant["images_per_step"] == report["settings"]["batch"] == 4
         assert variant["mfu"] is None  # no MFU without a GPU's peak
         assert variant["limit_s"] <= doctor.PART_LIMITS_S[f"train:{name}"]
     assert train["variants"]["bf16"]["precision"] == "bf16"
@@ -84,28 +81,12 @@ def test_cpu_dry_run_writes_every_section(tmp_path: Path, no_gpu: None, capsys) 
     ddp = report["ddp"]
     assert ddp["status"] == "ok", ddp
     assert ddp["world_size"] == 2 and ddp["backend"] == "gloo"
-    assert ddp["ddp_groups"] == 2  # the GAN's critic and generator, each its own DDP
+    assert ddp["ddp_groups"] == 1  # ddpm's one optimiser, wrapped by Optimisation itself
     assert ddp["parameters_equal"] is True and ddp["max_abs_parameter_difference"] == 0.0
     assert ddp["images_per_s"] > 0 and ddp["measured_steps"] == 2
 
     listed = "\n".join(printed)
     assert f"wrote {out}" in listed and "train:fp32" in listed and "ddp" in listed
-
-
-def test_default_method_ddpm_trains_in_the_dry_run(tmp_path: Path, no_gpu: None) -> None:
-    from bench.registry import METHODS
-
-    if not inspect.isgeneratorfunction(METHODS.get("ddpm").train_step):
-        pytest.skip("ddpm is not yet on the loop's Update API (bench/method.py)")
-    out = tmp_path / "doctor.json"
-    code = main(["doctor", "--gpu", "--parts", "train", "--skip-compile", "--out", str(out)])
-    report = _strict_json(out)
-    assert code == 0, report["failed"]
-    assert report["train"]["method"] == "ddpm" and "fid" not in report and "ddp" not in report
-    for name in ("fp32", "bf16", "bf16-channels-last"):
-        variant = report["train"]["variants"][name]
-        assert variant["status"] == "ok", variant
-        assert variant["images_per_s"] > 0 and variant["images_per_step"] == 4
 
 
 def test_a_failing_part_is_recorded_and_the_rest_goes_on(
@@ -119,7 +100,7 @@ def test_a_failing_part_is_recorded_and_the_rest_goes_on(
         return real(settings, device, precision, *rest)
 
     monkeypatch.setattr(doctor, "train_variant", broken_bf16)
-    out = tmp_path / "doctor.json"
+    out = tmp_path / "doctor.json"  # gan: a second method through the same code path
     argv = ["doctor", "--gpu", "--method", "gan", "--parts", "train", "--skip-compile"]
     code = main([*argv, "--out", str(out)])
     assert code == 1  # the file is written, the exit code says a part failed
@@ -138,6 +119,7 @@ def test_a_failing_part_is_recorded_and_the_rest_goes_on(
         (["doctor", "--gpu", "--parts", "train,gpu"], "--parts 'train,gpu'"),
         (["doctor", "--gpu", "--ddp-backend", "mpi"], "--ddp-backend 'mpi'"),
         (["doctor", "--gpu", "--batch", "0"], "expected a positive integer"),
+        (["doctor", "--gpu", "--budget-s", "nan"], "--budget-s nan"),
     ],
 )
 def test_bad_options_are_one_line_exit_2(
@@ -147,6 +129,11 @@ def test_bad_options_are_one_line_exit_2(
     err = capsys.readouterr().err
     assert message in err and len(err.strip().splitlines()) == 1
     assert not (tmp_path / "d.json").exists()
+
+
+def test_out_that_is_a_folder_is_refused_before_the_check(tmp_path: Path, capsys) -> None:
+    assert main(["doctor", "--gpu", "--out", str(tmp_path)]) == 2
+    assert "is a folder" in capsys.readouterr().err
 
 
 # -- timing and MFU bookkeeping ----------------------------------------------------------------
