@@ -17,7 +17,6 @@ from __future__ import annotations
 import argparse
 import logging
 import sys
-import time
 from pathlib import Path
 from typing import NoReturn
 
@@ -377,45 +376,39 @@ def cmd_list(args: argparse.Namespace) -> int:
     return 0
 
 
-def _plan(args: argparse.Namespace, methods: list[str] | None, seeds: list[int] | None):
-    from bench.runner import plan_study
+def _request(args: argparse.Namespace, methods: list[str] | None, seeds: list[int] | None):
+    """The study the arguments describe, as the serialisable request every path runs."""
+    from bench.worker import StudyRequest
 
-    return plan_study(
-        args.protocol,
-        args.dataset,
-        methods,
-        seeds,
-        args.sets,
-        args.out,
-        args.data_root,
-        not args.no_download,
-        args.device,
-        args.precision,
-        args.extractor,
-        args.feature_weights,
-        args.channels_last,
-        args.compile,
+    return StudyRequest(
+        protocol=str(args.protocol),
+        dataset=args.dataset,
+        methods=methods,
+        seeds=seeds,
+        sets=list(args.sets),
+        out=str(args.out),
+        data_root=str(args.data_root) if args.data_root else None,
+        download=not args.no_download,
+        device=args.device,
+        precision=args.precision,
+        extractor=args.extractor,
+        feature_weights=str(args.feature_weights) if args.feature_weights else None,
+        channels_last=args.channels_last,
+        compile=args.compile,
+        force=bool(getattr(args, "force", False)),
     )
 
 
 def _run(args: argparse.Namespace, methods: list[str] | None, seeds: list[int] | None) -> int:
     from bench.report import write_leaderboard
-    from bench.runner import run_study
+    from bench.worker import exit_code, run_request
 
-    started = time.perf_counter()
-    study = _plan(args, methods, seeds)
-    log.info(
-        "study: %s on %s, %d run(s), device %s",
-        study.protocol.tag,
-        study.protocol.dataset,
-        len(study.runs),
-        study.device,
-    )
-    results = run_study(study, force=args.force)
+    outcome = run_request(_request(args, methods, seeds))
+    study, results = outcome.study, outcome.results
     counts = {s: sum(r.status == s for r in results) for s in ("ok", "diverged", "failed")}
     log.info(
         "done in %.1f s: %d ok, %d diverged, %d failed",
-        time.perf_counter() - started,
+        outcome.seconds,
         counts["ok"],
         counts["diverged"],
         counts["failed"],
@@ -425,15 +418,7 @@ def _run(args: argparse.Namespace, methods: list[str] | None, seeds: list[int] |
             args.out, study.protocol.name, study.protocol.dataset, leaderboard_root(args)
         )
         print(f"leaderboard: {folder / 'leaderboard.md'}")
-    bad = [r for r in results if r.status != "ok"]
-    if bad:
-        listed = "; ".join(
-            f"{r.method} seed {r.seed} {r.status}" + (f" ({r.error})" if r.error else "")
-            for r in bad
-        )
-        print(f"genbench: {len(bad)} run(s) did not finish: {listed}", file=sys.stderr)
-        return 1
-    return 0
+    return exit_code(outcome)
 
 
 def leaderboard_root(args: argparse.Namespace) -> Path:
@@ -459,35 +444,8 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     if args.executor == "local":
         return _run(args, methods, seeds)
     workers = args.workers if args.workers is not None else default_workers()
-    study = _plan(args, methods, seeds)  # validates everything before any run
-    train_args = [
-        "--protocol",
-        str(args.protocol),
-        "--dataset",
-        study.protocol.dataset,
-        "--out",
-        str(args.out),
-        "--device",
-        args.device,
-        "--precision",
-        args.precision,
-        "--extractor",
-        study.extractor,
-    ]
-    if args.channels_last:
-        train_args.append("--channels-last")
-    if args.compile:
-        train_args.append("--compile")
-    for item in args.sets:
-        train_args += ["--set", item]
-    if args.data_root:
-        train_args += ["--data-root", str(args.data_root)]
-    if args.no_download:
-        train_args.append("--no-download")
-    if args.feature_weights:
-        train_args += ["--feature-weights", str(args.feature_weights)]
-    if args.force:
-        train_args.append("--force")
+    request = _request(args, methods, seeds)
+    study = request.plan()  # validates everything before any run
     if args.executor == "slurm":
         from bench.executors import run_submitit
 
@@ -501,11 +459,9 @@ def cmd_sweep(args: argparse.Namespace) -> int:
         if args.slurm_partition:
             parameters["slurm_partition"] = args.slurm_partition
         folder = args.out / ".submitit"  # job logs; dot-folders are not protocols
-        codes = run_submitit(
-            study, train_args, args.force, folder, args.submitit_cluster, parameters
-        )
+        codes = run_submitit(study, request, folder, args.submitit_cluster, parameters)
     else:
-        codes = run_pool(study, train_args, workers, args.force)
+        codes = run_pool(study, request, workers)
     crashed = sorted(name for name, code in codes.items() if code != 0)
     if not args.no_report:
         folder = write_leaderboard(

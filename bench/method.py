@@ -222,11 +222,6 @@ class Method(nn.Module):
     hparam_ranges: ClassVar[dict[str, tuple[Any, ...] | None]] = {}
     #: list-valued hyper-parameters that may be empty (e.g. no attention resolutions)
     hparam_empty_lists: ClassVar[frozenset[str]] = frozenset()
-    #: a sampler row that evaluates another method's trained weights instead of training:
-    #: the name of that method. The harness runs it after that method's run of the same
-    #: study (same protocol, dataset and seed), gives it that run's network hyper-parameters
-    #: and loads its final (EMA) weights; e.g. ``ddim`` reuses ``ddpm``.
-    weights_from: ClassVar[str | None] = None
     #: the length of the run, set by the training loop (``set_budget``) before the first
     #: step and 0 outside it: for schedules that must know it (cosine decay, warm-up as a
     #: fraction, a second training stage such as a VQ-VAE's prior)

@@ -59,7 +59,6 @@ from bench.train import (
     Heartbeat,
     Ticker,
     check_checkpoint_owner,
-    load_checkpoint,
     train,
 )
 
@@ -194,23 +193,15 @@ def plan_study(
     validate_extractor(extractor, protocol.dataset, feature_weights)
     weights_sha = sha256_file(Path(feature_weights)) if feature_weights else None
     runs = []
-    resolved: dict[str, dict[str, Any]] = {}
-    # methods that reuse another's weights go after every method they could depend on
-    for name in sorted(method_names, key=lambda m: METHODS.get(m).weights_from is not None):
+    for name in method_names:
         cls = METHODS.get(name)
         overrides = {**protocol.methods.get(name, {}), **method_sets[name]}
         hparams = cls.resolve_hparams(data.spec, overrides)
         cls.validate(data.spec, hparams)  # types, ranges and a trial build, before any run
         for seed in seeds if seeds is not None else protocol.seeds:
             spec = RunSpec(name, seed, hparams, protocol, out)
-            if cls.weights_from:  # the source's network, whatever it was set to
-                source = resolved.get(cls.weights_from)
-                if source is None:  # not in this study: it must have been run already
-                    source = source_result(spec).config["hparams"]
-                spec.hparams = {**hparams, **{k: v for k, v in source.items() if k in hparams}}
             check_run_folder(spec)
             runs.append(spec)
-        resolved[name] = hparams
     return Study(
         protocol,
         data,
@@ -261,40 +252,6 @@ def check_run_folder(spec: RunSpec) -> None:
         )
 
 
-def source_spec(spec: RunSpec) -> RunSpec:
-    """The run whose weights a ``weights_from`` method evaluates: same study, same seed."""
-    source = METHODS.get(spec.method).weights_from
-    return RunSpec(source, spec.seed, {}, spec.protocol, spec.out_dir)
-
-
-def source_result(spec: RunSpec) -> RunResult:
-    """The finished result of ``spec``'s weight source, or a clear error."""
-    source = source_spec(spec)
-    path = source.directory / RESULT_FILE
-    hint = (
-        f"{spec.method} evaluates the trained weights of {source.method} from the same study; "
-        f"run {source.method} first (add it to --methods)"
-    )
-    if not path.exists():
-        raise GenbenchError(f"{hint}: no result at {path}")
-    result = load_result(path)
-    if result.status != "ok" or not (source.directory / CHECKPOINT_FILE).exists():
-        raise GenbenchError(f"{hint}: its run at {source.directory} did not finish")
-    return result
-
-
-def load_source_weights(method: Method, spec: RunSpec, device: torch.device) -> None:
-    """Load the final weights (the EMA when the source keeps one) of ``spec``'s source."""
-    source = source_spec(spec)
-    identity = run_identity(source)
-    state = load_checkpoint(source.directory / CHECKPOINT_FILE, device, identity)
-    if state is None:
-        raise GenbenchError(f"the checkpoint of {source.method} at {source.directory} is unusable")
-    weights = dict(state["method"]["module"])
-    weights.update(state.get("ema") or {})  # the loop evaluates the EMA: so do we
-    method.load_state_dict(weights)
-
-
 def train_config(spec: RunSpec, study: Study) -> dict[str, Any]:
     """What the trained weights depend on, and nothing else: the resume key of a checkpoint.
     An evaluation-only change (another extractor, probe or FID setting) keeps the checkpoint."""
@@ -316,17 +273,6 @@ def train_config(spec: RunSpec, study: Study) -> dict[str, Any]:
     }
     if study.channels_last or study.compile:  # absent when off: older results keep their hash
         config["fast_paths"] = {"channels_last": study.channels_last, "compile": study.compile}
-    if METHODS.get(spec.method).weights_from:
-        # a re-trained source makes this run stale: its config hash is part of ours
-        source = source_spec(spec)
-        path = source.directory / RESULT_FILE
-        source_hash = None
-        if path.exists():
-            try:
-                source_hash = load_result(path).config.get("hash")
-            except GenbenchError:
-                source_hash = None
-        config["weights_from"] = {"method": source.method, "config_hash": source_hash}
     return config
 
 
@@ -445,16 +391,10 @@ def run_one(
     if not force and is_finished(spec, digest):
         log.info("%s seed %d: finished already, skipped", spec.method, spec.seed)
         return load_result(spec.directory / RESULT_FILE)
-    cls = METHODS.get(spec.method)
-    if cls.weights_from and RunLock(source_spec(spec).directory).held_by_other():
-        return HELD  # its source is being trained by another process: wait for it
     lock = RunLock(spec.directory)
     if not _claim(lock):
         return HELD
     try:
-        if cls.weights_from:  # the source may have finished meanwhile: its hash is ours
-            config = run_config(spec, study)
-            digest = config_hash(config)
         if not force and is_finished(spec, digest):  # finished while we waited for it
             log.info("%s seed %d: finished by another process", spec.method, spec.seed)
             return load_result(spec.directory / RESULT_FILE)
@@ -468,7 +408,9 @@ def run_one(
             *position,
             spec.method,
             spec.seed,
-            f"{spec.protocol.train.budget_images:,}" if cls.trainable else "no training",
+            f"{spec.protocol.train.budget_images:,}"
+            if METHODS.get(spec.method).trainable
+            else "no training",
             spec.directory,
         )
         result = execute_run(spec, study, config, digest)
@@ -545,9 +487,6 @@ def execute_run(
         with MemoryMonitor(device) as memory:
             method: Method = METHODS.get(spec.method).build(data.spec, spec.hparams).to(device)
             method.prepare(data.images("train"), data.labels("train"), data.images("test"))
-            if method.weights_from:
-                source_result(spec)
-                load_source_weights(method, spec, device)
             distributed.broadcast_module(method)  # the same weights on every rank
             outcome = None
             if method.trainable and spec.protocol.train.budget_images > 0:

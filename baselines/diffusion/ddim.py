@@ -1,9 +1,10 @@
 """DDIM: Song, Meng & Ermon, "Denoising Diffusion Implicit Models", ICLR 2021.
 
-A sampler row, not a new training run: ``ddim`` evaluates the trained ``ddpm`` of the same
-study (``weights_from``; the harness loads that run's final EMA weights and its network
-hyper-parameters) with the generalised non-Markovian reverse process of eq. 12 on a
-subsequence tau of the timesteps (section 4.2, the "uniform" skip of appendix D.2):
+A sampler, not a method: DDIM needs no training of its own (the paper samples models
+trained with DDPM's L_simple), so it is sampler rows of ``ddpm``,
+``ddpm[sampler=ddim,steps=k]``, scored on the same trained weights in the same run. The
+generalised non-Markovian reverse process of eq. 12 on a subsequence tau of the timesteps
+(section 4.2, the "uniform" skip of appendix D.2):
 
     x_{tau_{i-1}} = sqrt(abar_{i-1}) x0_hat + sqrt(1 - abar_{i-1} - sigma_i^2) eps_theta
                     + sigma_i z,
@@ -12,23 +13,24 @@ subsequence tau of the timesteps (section 4.2, the "uniform" skip of appendix D.
 
 eta = 0 (default) is the deterministic DDIM; eta = 1 is DDPM's ancestral chain with
 sigma^2 = beta~ on the subsequence. Reported at 10, 20, 50 and 100 steps (Table 1), each its
-own leaderboard row with its NFE (one network evaluation per step).
+own leaderboard row with its NFE (one network evaluation per step). Guidance uses the same
+function with guided noise predictions.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from baselines.diffusion.common import respaced_timesteps
-from baselines.diffusion.ddpm import DDPM, DiscreteDiffusion
-from bench.method import SAMPLE, DataSpec
-from bench.registry import register_method
 
-#: the step counts of Table 1 that get a row each; the first is the ``ddim`` row itself
+if TYPE_CHECKING:
+    from baselines.diffusion.ddpm import DiscreteDiffusion
+
+#: the step counts of Table 1 that get a row each (``ddpm.ddim_steps``)
 DDIM_STEP_COUNTS = [50, 10, 20, 100]
 
 
@@ -59,55 +61,3 @@ def ddim_sample(
             noise = torch.randn(x.shape, generator=generator, device=generator.device)
             x = x + sigma * noise.to(device)
     return x
-
-
-@register_method("ddim")
-class DDIM(DDPM):
-    """DDIM sampling (eta = 0 by default) of the trained ddpm of the same study."""
-
-    capabilities = frozenset({SAMPLE})
-    likelihood_is_bound = False
-    trainable = False
-    weights_from = "ddpm"
-    summary = "DDIM (Song et al. 2021): deterministic sampler on ddpm's weights, 10-100 steps"
-
-    hparam_ranges = {**DDPM.hparam_ranges, "eta": (0, 1)}  # 0: deterministic, 1: DDPM-like
-
-    @classmethod
-    def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
-        # ``steps``: the step counts to report, each a row; the first is the ddim row
-        return {**DDPM.default_hparams(spec), "eta": 0.0, "steps": list(DDIM_STEP_COUNTS)}
-
-    def __init__(
-        self, spec: DataSpec, eta: float = 0.0, steps: list[int] | None = None, **ddpm: Any
-    ) -> None:
-        super().__init__(spec, **ddpm)
-        self.eta, self.step_counts = eta, list(steps or DDIM_STEP_COUNTS)
-        self.steps = self.step_counts[0]
-
-    def sample_variants(self) -> list[dict[str, Any]]:
-        return [{"steps": count} for count in self.step_counts]
-
-    @torch.no_grad()
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator,
-        labels: Tensor | None = None,
-        steps: int | None = None,
-    ) -> Tensor:
-        steps = steps or self.steps
-        x_T = self.noise((n, *self.spec.shape), generator)
-        x = ddim_sample(
-            lambda x_t, t: self.eps(x_t, t),
-            self.diffusion,
-            x_T,
-            steps,
-            self.eta,
-            generator,
-        )
-        self.last_nfe = steps
-        return self.to_images(x)
-
-    def sample_settings(self) -> dict[str, Any]:
-        return {"sampler": "ddim", "eta": self.eta, "steps": self.steps, "weights_from": "ddpm"}

@@ -12,6 +12,9 @@
   (eqs. 6-7) and p_theta(x_{t-1} | x_t); L_0 is the discretised Gaussian decoder (eq. 13),
   with L bins of width 2 / (L - 1) on [-1, 1] and the edge bins open. It is a bound and
   labelled so.
+- DDIM (Song, Meng & Ermon 2021, eq. 12; :mod:`baselines.diffusion.ddim`) on the same
+  trained weights: one leaderboard row per step count of ``ddim_steps`` (Table 1's 10, 20,
+  50, 100), ``ddpm[sampler=ddim,steps=k]``, deterministic with ``ddim_eta`` = 0.
 - ``encode``: the pooled mid-level U-Net features of the clean image at the noise label
   t = 10 (METHODS.md: features at a fixed small noise level).
 
@@ -38,6 +41,7 @@ from baselines.diffusion.common import (
     linear_betas,
     respaced_timesteps,
 )
+from baselines.diffusion.ddim import DDIM_STEP_COUNTS, ddim_sample
 from bench.errors import GenbenchError
 from bench.method import ENCODE, LOG_LIKELIHOOD, SAMPLE, Batch, DataSpec, to_levels
 from bench.registry import register_method
@@ -133,7 +137,13 @@ class DDPM(DenoiserMethod):
     hparam_choices = {"variance": ("large", "small")}
     summary = "DDPM (Ho et al. 2020): eps-prediction, L_simple, ancestral sampler, VLB bound"
 
-    hparam_ranges = {**DenoiserMethod.hparam_ranges, "beta_1": (0, 1, "()"), "beta_T": (0, 1, "()")}
+    hparam_ranges = {
+        **DenoiserMethod.hparam_ranges,
+        "beta_1": (0, 1, "()"),
+        "beta_T": (0, 1, "()"),
+        "ddim_eta": (0, 1),  # 0: deterministic DDIM, 1: DDPM-like on the subsequence
+    }
+    hparam_empty_lists = DenoiserMethod.hparam_empty_lists | {"ddim_steps"}
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
@@ -146,6 +156,9 @@ class DDPM(DenoiserMethod):
             "variance": "large",  # sigma_t^2 = beta_t; "small": beta~_t
             "sample_steps": 100 if cpu_scale else 1000,
             "vlb_timesteps": 100 if cpu_scale else 1000,
+            # DDIM sampler rows on the same weights; an empty list: none
+            "ddim_steps": list(DDIM_STEP_COUNTS),
+            "ddim_eta": 0.0,
         }
 
     def __init__(
@@ -157,9 +170,13 @@ class DDPM(DenoiserMethod):
         variance: str = "large",
         sample_steps: int = 1000,
         vlb_timesteps: int = 1000,
+        ddim_steps: list[int] | None = None,
+        ddim_eta: float = 0.0,
         **denoiser: Any,
     ) -> None:
         super().__init__(spec, **denoiser)
+        self.ddim_steps = list(DDIM_STEP_COUNTS if ddim_steps is None else ddim_steps)
+        self.ddim_eta = ddim_eta
         if variance not in ("large", "small"):
             raise GenbenchError(f"variance must be 'large' or 'small', got {variance!r}")
         self.diffusion = DiscreteDiffusion(num_timesteps, beta_1, beta_T)
@@ -186,7 +203,12 @@ class DDPM(DenoiserMethod):
         generator: torch.Generator,
         labels: Tensor | None = None,
         steps: int | None = None,
+        sampler: str = "ancestral",
     ) -> Tensor:
+        if sampler == "ddim":
+            return self.sample_ddim(n, generator, steps or self.ddim_steps[0], labels)
+        if sampler != "ancestral":
+            raise GenbenchError(f"unknown ddpm sampler {sampler!r}. Valid: ancestral, ddim")
         timesteps = respaced_timesteps(self.diffusion.num_timesteps, steps or self.sample_steps)
         chain = {k: v.float().to(self.device) for k, v in self.diffusion.chain(timesteps).items()}
         if self.variance == "large":  # beta of the (respaced) step; beta~ at the last step
@@ -205,6 +227,21 @@ class DDPM(DenoiserMethod):
         self.last_nfe = len(timesteps)
         return self.to_images(x)
 
+    @torch.no_grad()
+    def sample_ddim(
+        self, n: int, generator: torch.Generator, steps: int, labels: Tensor | None = None
+    ) -> Tensor:
+        """DDIM's reverse process (eq. 12) over ``steps`` uniform timesteps."""
+        x_T = self.noise((n, *self.spec.shape), generator)
+        eps_fn = lambda x_t, t: self.eps(x_t, t, labels)  # noqa: E731
+        x = ddim_sample(eps_fn, self.diffusion, x_T, steps, self.ddim_eta, generator)
+        self.last_nfe = steps
+        return self.to_images(x)
+
+    def sample_variants(self) -> list[dict[str, Any]]:
+        """The ancestral chain (the ddpm row), then a DDIM row per step count."""
+        return [{}, *({"sampler": "ddim", "steps": k} for k in self.ddim_steps)]
+
     def sample_settings(self) -> dict[str, Any]:
         steps = self.sample_steps
         return {
@@ -212,6 +249,7 @@ class DDPM(DenoiserMethod):
             "steps": steps,
             "respaced": steps < self.diffusion.num_timesteps,
             "variance": self.variance,
+            "ddim_eta": self.ddim_eta,
         }
 
     # -- likelihood: the variational bound (eq. 5) ------------------------------------------

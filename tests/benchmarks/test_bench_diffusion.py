@@ -1,11 +1,11 @@
 """pytest-benchmark timings of the shared U-Net (`tox -e bench`).
 
-``test_unet_train_step``: one training step of ddpm (the method's own ``train_step``:
+``test_unet_train_step``: one training step of ddpm (the loop's step of its updates:
 fused attention, foreach Adam and gradient clipping) against a plain eager step of the same
 network and the same computation written the obvious way (naive softmax attention,
 per-parameter Adam and clipping loops), on a digits batch. Compare the two rows of the
 group: the method's step must not fall behind.
-``test_sampler``: ddim at 50 steps and ddpm's ancestral chain, per batch of 100 images.
+``test_sampler``: ddpm's DDIM rows at 50 steps and its ancestral chain, per batch of 100 images.
 """
 
 from __future__ import annotations
@@ -42,7 +42,10 @@ def test_unet_train_step(benchmark, digits_batch: Batch, implementation: str, mo
     method = METHODS.get("ddpm").build(load_dataset("digits").spec)
     step = iter(range(10**9))
     if implementation == "genbench":
-        benchmark(lambda: method.train_step(digits_batch, next(step)))
+        from bench.optim import Optimisation
+
+        optimisation = Optimisation(method, torch.device("cpu"))
+        benchmark(lambda: optimisation.step([digits_batch], next(step)))
         return
     monkeypatch.setattr(Attention, "forward", _naive_attention)
     net = method.net
@@ -62,7 +65,8 @@ def test_unet_train_step(benchmark, digits_batch: Batch, implementation: str, mo
 
 
 @pytest.mark.benchmark(group="diffusion-sampler")
-@pytest.mark.parametrize("name", ["ddim", "ddpm"])
-def test_sampler(benchmark, name: str) -> None:
-    method = METHODS.get(name).build(load_dataset("digits").spec).eval()
-    benchmark(lambda: method.sample(100, torch.Generator().manual_seed(0)))
+@pytest.mark.parametrize("sampler", ["ddim", "ancestral"])
+def test_sampler(benchmark, sampler: str) -> None:
+    method = METHODS.get("ddpm").build(load_dataset("digits").spec).eval()
+    steps = 50 if sampler == "ddim" else None
+    benchmark(lambda: method.sample(100, torch.Generator().manual_seed(0), None, steps, sampler))

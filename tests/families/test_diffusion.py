@@ -162,7 +162,7 @@ def test_probability_flow_ode_with_the_exact_score_recovers_the_gaussian() -> No
 
 
 def test_ddim_with_the_exact_eps_recovers_the_gaussian() -> None:
-    method = _build("ddim", steps=[100])
+    method = _build("ddpm", ddim_steps=[100])
     diffusion = method.diffusion
 
     def eps(x: Tensor, t: Tensor, labels=None) -> Tensor:
@@ -170,7 +170,7 @@ def test_ddim_with_the_exact_eps_recovers_the_gaussian() -> None:
         return _gaussian_eps(abar.sqrt(), (1 - abar).sqrt(), x)
 
     method.eps = eps
-    _check_gaussian(method.sample(500, torch.Generator().manual_seed(0)))
+    _check_gaussian(method.sample(500, torch.Generator().manual_seed(0), sampler="ddim"))
 
 
 def _gaussian_velocity(t: float | Tensor, x: Tensor) -> Tensor:
@@ -336,7 +336,7 @@ class CountingNet(nn.Module):
     ("name", "variant"),
     [
         ("ddpm", {"steps": 7}),
-        ("ddim", {"steps": 10}),
+        ("ddpm", {"sampler": "ddim", "steps": 10}),
         ("edm", {"steps": 5}),
         ("flow-matching", {"sampler": "heun", "steps": 4}),
         ("score-sde", {"sampler": "pc", "steps": 25}),
