@@ -30,13 +30,15 @@ from __future__ import annotations
 
 import dataclasses
 import math
-from collections.abc import Callable, Iterator
-from typing import Any, ClassVar
+from collections.abc import Callable, Iterator, Mapping
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import Tensor, nn
 
 from bench.errors import GenbenchError
+
+T = TypeVar("T")
 
 SAMPLE = "sample"
 LOG_LIKELIHOOD = "log_likelihood"
@@ -152,6 +154,21 @@ class Batch:
         return self._noise().generators()
 
 
+#: the data scales (height x width) the shipped methods have default tables for
+DATA_SCALES = ("8x8", "28x28", "32x32")
+
+
+def scale_table(table: Mapping[str, T], spec: DataSpec, what: str) -> T:
+    """``table``'s row for ``spec``'s data scale, or one clear error naming the scales the
+    table covers (never another scale's values in silence)."""
+    if spec.scale not in table:
+        raise GenbenchError(
+            f"{what} has no defaults for {spec.scale} images ({spec.name}); its table covers "
+            f"{', '.join(table)}. Add a row for {spec.scale} to the method's table"
+        )
+    return table[spec.scale]
+
+
 #: the schedules of :func:`bench.optim.lr_factor`
 SCHEDULES = ("constant", "warmup", "warmup-cosine")
 
@@ -212,6 +229,10 @@ class Method(nn.Module):
     ema_decay: ClassVar[float | None] = None
     #: one line for ``genbench list``
     summary: ClassVar[str] = ""
+    #: the data scales ``default_hparams`` has a table row for (the shipped families:
+    #: :data:`DATA_SCALES`); another size is one clear error before any run. None: defaults
+    #: that do not depend on the size
+    data_scales: ClassVar[tuple[str, ...] | None] = None
     #: string-valued hyper-parameters and their valid values, checked before any run starts
     hparam_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: numeric hyper-parameters' valid ranges, where the name-based rules of
@@ -253,6 +274,11 @@ class Method(nn.Module):
         from a protocol file), every value checked against the schema: unknown keys, wrong
         types, NaN/inf, out-of-range numbers and unknown string choices are one clear
         :class:`GenbenchError` before any run starts, not a failure (or garbage) mid-study."""
+        if cls.data_scales is not None and spec.scale not in cls.data_scales:
+            raise GenbenchError(
+                f"method {cls.name!r} has no defaults for {spec.scale} images ({spec.name}); "
+                f"its tables cover {', '.join(cls.data_scales)}"
+            )
         hparams = cls.default_hparams(spec)
         unknown = sorted(set(overrides) - set(hparams))
         if unknown:

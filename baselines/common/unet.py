@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bench.method import DataSpec
+from bench.method import DataSpec, scale_table
 
 #: per data scale: base width, width multipliers per resolution, residual blocks per
 #: resolution, resolutions (side length) with self-attention
@@ -35,7 +35,7 @@ UNET_SIZES: dict[str, dict[str, Any]] = {
 
 def unet_hparams(spec: DataSpec) -> dict[str, Any]:
     """The U-Net hyper-parameters of ``spec``'s scale, as method hyper-parameters."""
-    size = UNET_SIZES.get(spec.scale, UNET_SIZES["32x32"])
+    size = scale_table(UNET_SIZES, spec, "the U-Net size table")
     return {
         "width": size["width"],
         "width_mults": list(size["mults"]),

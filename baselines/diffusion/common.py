@@ -16,6 +16,7 @@ from torch import Tensor
 from baselines.common.unet import UNet, unet_hparams
 from bench.errors import GenbenchError
 from bench.method import (
+    DATA_SCALES,
     LOG_LIKELIHOOD,
     SAMPLE,
     Batch,
@@ -23,6 +24,7 @@ from bench.method import (
     Method,
     Update,
     from_levels,
+    scale_table,
     to_levels,
 )
 from bench.metrics.likelihood import dequantize, dequantized_log_likelihood
@@ -39,7 +41,7 @@ OPTIMIZER_DEFAULTS: dict[str, dict[str, Any]] = {
 
 def denoiser_hparams(spec: DataSpec) -> dict[str, Any]:
     """U-Net size and optimiser settings of ``spec``'s data scale."""
-    opt = OPTIMIZER_DEFAULTS.get(spec.scale, OPTIMIZER_DEFAULTS["32x32"])
+    opt = scale_table(OPTIMIZER_DEFAULTS, spec, "the denoisers' optimiser table")
     return {**unet_hparams(spec), **opt}
 
 
@@ -48,6 +50,7 @@ class DenoiserMethod(Method):
 
     Subclasses implement ``loss(x, labels) -> Tensor`` on data ``x`` in [-1, 1]."""
 
+    data_scales = DATA_SCALES  # default tables per data scale
     #: grad_clip 0 switches clipping off; attention_resolutions may be empty (no attention)
     hparam_ranges = {"grad_clip": (0, None)}
     hparam_empty_lists = frozenset({"attention_resolutions"})

@@ -42,10 +42,14 @@ from baselines.diffusion.common import (
     standard_normal_log_density,
 )
 from bench.errors import GenbenchError
-from bench.method import Batch, DataSpec
+from bench.method import Batch, DataSpec, scale_table
 from bench.registry import register_method
 
 SAMPLERS = ("pc", "euler-maruyama", "ode")
+
+
+#: sigma_max of the VE SDE per data scale (about the largest pairwise distance of the data)
+SIGMA_MAX = {"8x8": 20.0, "28x28": 40.0, "32x32": 50.0}
 
 
 class VPSDE:
@@ -147,7 +151,7 @@ class ScoreSDE(DequantizedDenoiser):
             "sigma_min": 0.01,
             # Song & Ermon's technique 1: sigma_max about the largest distance between
             # training images in [-1, 1] (about 20 for 8x8 digits, 50 for CIFAR-10)
-            "sigma_max": {"8x8": 20.0, "28x28": 40.0}.get(spec.scale, 50.0),
+            "sigma_max": scale_table(SIGMA_MAX, spec, "score-sde's sigma_max table"),
             "train_eps": 1e-5,
             "sampler": "pc",
             "sample_steps": 100 if cpu_scale else 1000,

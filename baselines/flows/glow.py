@@ -48,7 +48,7 @@ from baselines.common.flow_layers import (
 )
 from baselines.flows.base import DequantizedFlow
 from bench.errors import GenbenchError
-from bench.method import DataSpec
+from bench.method import DataSpec, scale_table
 from bench.registry import register_method
 
 COUPLINGS = {"affine": "affine_sigmoid", "additive": "additive"}
@@ -111,9 +111,9 @@ class Glow(DequantizedFlow):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            "levels": LEVELS.get(spec.scale, 2),
-            "steps": STEPS.get(spec.scale, 2),
-            "width": WIDTHS.get(spec.scale, 64),
+            "levels": scale_table(LEVELS, spec, "glow's levels table"),
+            "steps": scale_table(STEPS, spec, "glow's steps table"),
+            "width": scale_table(WIDTHS, spec, "glow's width table"),
             "coupling": "affine",
             **cls.training_hparams(spec),
         }

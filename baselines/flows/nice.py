@@ -27,7 +27,7 @@ from torch import nn
 
 from baselines.common.flow_layers import DiagonalScaling, FlowSequence, PartitionCoupling
 from baselines.flows.base import DequantizedFlow
-from bench.method import DataSpec
+from bench.method import DataSpec, scale_table
 from bench.registry import register_method
 
 HIDDEN_UNITS = {"8x8": 128, "28x28": 1000, "32x32": 2000}
@@ -54,7 +54,7 @@ class NICE(DequantizedFlow):
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
             "coupling_layers": 4,
-            "hidden_units": HIDDEN_UNITS.get(spec.scale, 128),
+            "hidden_units": scale_table(HIDDEN_UNITS, spec, "nice's width table"),
             "hidden_layers": 2 if spec.scale == "8x8" else 5,
             **cls.training_hparams(spec),
         }

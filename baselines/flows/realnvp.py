@@ -38,7 +38,7 @@ from baselines.common.flow_layers import (
     checkerboard_mask,
 )
 from baselines.flows.base import DequantizedFlow
-from bench.method import DataSpec
+from bench.method import DataSpec, scale_table
 from bench.registry import register_method
 
 WIDTHS = {"8x8": 32, "28x28": 64, "32x32": 64}
@@ -109,8 +109,8 @@ class RealNVP(DequantizedFlow):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            "num_scales": SCALES.get(spec.scale, 2),
-            "width": WIDTHS.get(spec.scale, 32),
+            "num_scales": scale_table(SCALES, spec, "realnvp's scales table"),
+            "width": scale_table(WIDTHS, spec, "realnvp's width table"),
             "res_blocks": 0 if spec.scale == "8x8" else 4,
             **cls.training_hparams(spec),
         }

@@ -31,6 +31,7 @@ from baselines.common.dcgan import Critic, Generator
 from baselines.gan import losses
 from bench.errors import GenbenchError
 from bench.method import (
+    DATA_SCALES,
     ENCODE,
     SAMPLE,
     Batch,
@@ -38,6 +39,7 @@ from bench.method import (
     Method,
     Update,
     from_levels,
+    scale_table,
     to_levels,
 )
 
@@ -82,6 +84,7 @@ def random_interpolates(real: Tensor, fake: Tensor, batch: Batch) -> Tensor:
 class GANMethod(Method):
     """Base class: a generator, a critic, their two optimisers and the alternating loop."""
 
+    data_scales = DATA_SCALES  # default tables per data scale
     capabilities = frozenset({SAMPLE, ENCODE})
     #: the critic's normalisation layer (see baselines.common.dcgan.Critic)
     critic_normalisation: ClassVar[str] = "batch"
@@ -94,7 +97,7 @@ class GANMethod(Method):
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
-        return dict(NETWORK_SIZES.get(spec.scale, NETWORK_SIZES["32x32"]))
+        return dict(scale_table(NETWORK_SIZES, spec, f"{cls.name} (GAN network sizes)"))
 
     def __init__(self, spec: DataSpec, **hparams: Any) -> None:
         """``hparams``: exactly the keys of ``default_hparams``: the shared network sizes,
