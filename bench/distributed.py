@@ -19,7 +19,7 @@ PyTorch's own data parallelism, not a hand-written replacement:
 - a loss over the whole batch (SimCLR's negatives) gathers embeddings with
   :func:`gather` (differentiable: each rank's gradient flows back to its own examples);
 - logged losses are averaged across ranks, so divergence is detected on every rank at once;
-- evaluation is sharded (:mod:`bench.evaluation`): each rank samples, extracts or scores its
+- evaluation is sharded (:mod:`bench.evaluators`): each rank samples, extracts or scores its
   share of the chunks, rank 0 gathers and computes, and writes the result.
 """
 

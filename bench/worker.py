@@ -88,7 +88,7 @@ class StudyRequest:
             raise GenbenchError(f"{where}: unknown field {unknown[0]!r}")
         if "protocol" not in values:
             raise GenbenchError(f"{where}: no protocol")
-        checks = {
+        checks: dict[str, type | tuple[type, ...]] = {
             "protocol": str, "dataset": (str, type(None)), "out": str,
             "data_root": (str, type(None)), "download": bool, "device": str, "precision": str,
             "extractor": (str, type(None)), "feature_weights": (str, type(None)),
