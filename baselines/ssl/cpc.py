@@ -50,9 +50,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.ssl.base import SelfSupervisedMethod
+from baselines.ssl.base import SelfSupervisedMethod, gather
 from baselines.ssl.losses import diagonal_info_nce
-from bench.distributed import gather
 from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 

@@ -34,8 +34,9 @@ objective (eq. 8) is
   from ONE forward pass: the encoder's update (the MI terms and the prior term through
   D_phi, whose weights it does not train), then D_phi's on that pass's sigma(Y) (detached)
   against prior samples V drawn per example from the batch (``batch.rand``), i.e.
-  simultaneous gradient descent-ascent on eq. 7. (Before the training loop owned
-  optimisation D_phi stepped first and the encoder's prior term read the updated D_phi.)
+  simultaneous gradient descent-ascent on eq. 7. (Stepping D_phi first and scoring sigma(Y)
+  with the updated D_phi, this module's former order, would need a second encoder forward
+  per step, or a graph kept across updates, which defeats gradient accumulation.)
 
 Defaults follow the paper's DIM(L) setting: alpha = 0, beta = 1, gamma = 0.1 (DIM(G) is
 alpha = 1, beta = 0), d_Y = 64, Adam. The linear probe reads the encoder's pooled features
@@ -59,9 +60,8 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.common.encoders import encoder_widths
-from baselines.ssl.base import SelfSupervisedMethod
+from baselines.ssl.base import SelfSupervisedMethod, gather
 from baselines.ssl.losses import diagonal_info_nce
-from bench.distributed import gather
 from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 

@@ -17,8 +17,8 @@ The negatives are the GLOBAL batch's: on several ranks the projections are gathe
 (:func:`bench.distributed.gather`, differentiable) and every rank computes the loss over all
 2N views, as the paper's negatives are those of its global batch spread over TPU cores
 (section 2.2; its code's ``tpu_cross_replica_concat``), so N is the protocol's batch size
-however many ranks share it. (With gradient
-accumulation, N is one micro-batch's share: the negatives of a micro-batch are its own.)
+however many ranks share it. (With gradient accumulation, N is one micro-batch's share:
+the negatives of a micro-batch are its own.)
 The two views of an image are a function of (run seed, step, its position in the global
 batch): the augmentation draws its uniforms per example from the batch
 (:func:`baselines.ssl.augment.view_draws`). The representation is h = f(x), the pooled
@@ -45,9 +45,8 @@ import torch
 from torch import Tensor, nn
 
 from baselines.ssl.augment import BatchAugment, augment_hparams, view_draws
-from baselines.ssl.base import SelfSupervisedMethod
+from baselines.ssl.base import SelfSupervisedMethod, gather
 from baselines.ssl.losses import nt_xent
-from bench.distributed import gather
 from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 
