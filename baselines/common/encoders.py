@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from bench.method import DataSpec
+from bench.method import DataSpec, scale_table
 
 #: widths of the three stages per data scale; stages 2 and 3 halve the resolution
 ENCODER_WIDTHS = {"8x8": (32, 64, 128), "28x28": (32, 64, 128), "32x32": (64, 128, 256)}
@@ -22,7 +22,7 @@ ENCODER_STEM_STRIDE = {"8x8": 1, "28x28": 2, "32x32": 1}
 
 
 def encoder_widths(spec: DataSpec) -> tuple[int, int, int]:
-    return ENCODER_WIDTHS.get(spec.scale, (64, 128, 256))
+    return scale_table(ENCODER_WIDTHS, spec, "the shared encoder's width table")
 
 
 class BasicBlock(nn.Module):
@@ -82,5 +82,7 @@ class ResNetEncoder(nn.Module):
 def shared_encoder(spec: DataSpec) -> ResNetEncoder:
     """The one encoder architecture of the reference rows and the self-supervised methods."""
     return ResNetEncoder(
-        spec.channels, encoder_widths(spec), stem_stride=ENCODER_STEM_STRIDE.get(spec.scale, 1)
+        spec.channels,
+        encoder_widths(spec),
+        stem_stride=scale_table(ENCODER_STEM_STRIDE, spec, "the encoder stem table"),
     )

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 
 from baselines.ssl.base import SelfSupervisedMethod, gather
 from baselines.ssl.losses import diagonal_info_nce
-from bench.method import Batch, DataSpec, Update
+from bench.method import Batch, DataSpec, Update, scale_table
 from bench.registry import register_method
 
 #: per data scale: patch size, stride (< patch size: overlapping patches), rows predicted
@@ -123,7 +123,7 @@ class CPC(SelfSupervisedMethod):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            **GRIDS.get(spec.scale, GRIDS["32x32"]),
+            **scale_table(GRIDS, spec, "cpc's patch-grid table"),
             "directions": 4,
             "context_blocks": 3,
             "lr": 1e-3,

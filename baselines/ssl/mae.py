@@ -48,7 +48,7 @@ from baselines.common.vit import (
     transformer,
 )
 from baselines.ssl.base import SelfSupervisedMethod
-from bench.method import Batch, DataSpec, Update
+from bench.method import Batch, DataSpec, Update, scale_table
 from bench.registry import register_method
 
 FEATURES = ("cls", "mean")
@@ -197,8 +197,8 @@ class MAE(SelfSupervisedMethod):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            **VIT_SIZES.get(spec.scale, VIT_SIZES["32x32"]),
-            **DECODER_SIZES.get(spec.scale, DECODER_SIZES["32x32"]),
+            **scale_table(VIT_SIZES, spec, "mae's ViT size table"),
+            **scale_table(DECODER_SIZES, spec, "mae's decoder size table"),
             "mlp_ratio": 4.0,
             "mask_ratio": 0.75,
             "norm_pix_loss": True,
