@@ -173,14 +173,13 @@ class VectorQuantizer(nn.Module):
         )
 
     @torch.no_grad()
-    def _record(
-        self, z_e: Tensor, codes: Tensor, counts: Tensor, noise: BatchNoise | None
-    ) -> None:
+    def _record(self, z_e: Tensor, codes: Tensor, counts: Tensor, noise: BatchNoise | None) -> None:
         batch = len(z_e)
         flat = z_e.float().permute(0, 2, 3, 1).reshape(-1, self.code_dim)  # (N, E)
         one_hot = torch.zeros(len(flat), self.num_codes, device=flat.device)
         one_hot.scatter_(1, codes.flatten()[:, None], 1.0)
-        sums = one_hot.t() @ flat  # (K, E)
+        with torch.autocast(flat.device.type, enabled=False):  # fp32 sums under bf16 too
+            sums = one_hot.t() @ flat  # (K, E)
         pending = self._pending
         if pending is None:
             size = noise.global_size if noise is not None else 0

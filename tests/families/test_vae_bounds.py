@@ -206,7 +206,9 @@ def test_training_noise_is_per_example_whatever_the_split() -> None:
     takes all 16 or two ranks (or micro-batches) take 8 each: eps is a function of (seed,
     step, position), not of the part that draws it."""
     vae = small_vae()
-    x = from_levels(torch.randint(0, 17, (16, 1, 8, 8), generator=torch.Generator().manual_seed(2)), 17)
+    x = from_levels(
+        torch.randint(0, 17, (16, 1, 8, 8), generator=torch.Generator().manual_seed(2)), 17
+    )
     y = torch.zeros(16)
     positions = torch.arange(16)
     with torch.no_grad():
