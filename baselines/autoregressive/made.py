@@ -42,7 +42,7 @@ from baselines.common.masked import (
     encoding_width,
 )
 from bench.errors import GenbenchError
-from bench.method import DataSpec, from_levels
+from bench.method import DataSpec, from_levels, scale_table
 from bench.registry import register_method
 
 ORDERS = ("natural", "random")
@@ -72,7 +72,7 @@ class MADE(DiscreteAutoregressive):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            "hidden_sizes": HIDDEN_SIZES.get(spec.scale, (256,)),
+            "hidden_sizes": scale_table(HIDDEN_SIZES, spec, "made's width table"),
             "input_encoding": "scaled",
             "num_masks": 1,
             "order": "natural",

@@ -31,7 +31,7 @@ from torch import Tensor, nn
 
 from baselines.autoregressive.base import Conditional, DiscreteAutoregressive
 from baselines.common.masked import INPUT_ENCODINGS, encode_levels, encoding_width
-from bench.method import DataSpec
+from bench.method import DataSpec, scale_table
 from bench.registry import register_method
 
 HIDDEN_UNITS = {"8x8": 64, "28x28": 500, "32x32": 500}
@@ -46,7 +46,7 @@ class NADE(DiscreteAutoregressive):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            "hidden_units": HIDDEN_UNITS.get(spec.scale, 64),
+            "hidden_units": scale_table(HIDDEN_UNITS, spec, "nade's width table"),
             "input_encoding": "scaled",
             "lr": 1e-2,
             "weight_decay": 0.0,

@@ -52,7 +52,7 @@ from torch import Tensor, nn
 from baselines.autoregressive.base import DiscreteAutoregressive, draw_categorical
 from baselines.common.masked import MaskedConv2d
 from bench.errors import GenbenchError
-from bench.method import DataSpec, from_levels
+from bench.method import DataSpec, from_levels, scale_table
 from bench.registry import register_method
 
 OUTPUTS = ("categorical", "logistic_mixture")
@@ -201,8 +201,8 @@ class PixelCNN(DiscreteAutoregressive):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            "width": WIDTHS.get(spec.scale, 16),
-            "num_blocks": BLOCKS.get(spec.scale, 3),
+            "width": scale_table(WIDTHS, spec, "pixelcnn's width table"),
+            "num_blocks": scale_table(BLOCKS, spec, "pixelcnn's depth table"),
             "kernel": 3,
             # 8x8: a 9-wide first layer and 3 blocks reach every earlier pixel
             "first_kernel": 9 if spec.scale == "8x8" else 7,

@@ -70,6 +70,7 @@ from bench.method import (
     DataSpec,
     Method,
     Update,
+    scale_table,
     to_levels,
 )
 from bench.registry import register_method
@@ -128,7 +129,7 @@ class VAE(Method):
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         return {
-            **SIZES.get(spec.scale, SIZES["32x32"]),
+            **scale_table(SIZES, spec, "vae's size table"),
             # a softmax over 17 levels is cheap; over 256 levels the output layer would
             # dominate the cost, so the discretised logistic mixture (PixelCNN++'s reason)
             "decoder": "categorical" if spec.scale == "8x8" else "logistic_mixture",

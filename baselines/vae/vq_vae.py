@@ -86,6 +86,7 @@ from bench.method import (
     DataSpec,
     Method,
     Update,
+    scale_table,
     to_levels,
 )
 from bench.registry import register_method
@@ -93,6 +94,9 @@ from bench.registry import register_method
 #: training images whose codes give the reported codebook usage
 USAGE_IMAGES = 10_000
 #: the autoencoder's sizes per data scale (shared by vq-vae and vqgan; each picks K)
+#: codebook size K per data scale
+NUM_CODES = {"8x8": 16, "28x28": 128, "32x32": 512}
+
 AUTOENCODER_SIZES: dict[str, dict[str, int]] = {
     "8x8": {"width": 64, "downsamples": 1, "residual_blocks": 1, "code_dim": 16},
     "28x28": {"width": 64, "downsamples": 2, "residual_blocks": 1, "code_dim": 32},
@@ -406,10 +410,10 @@ class VQVAE(VQAutoencoder):
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
         small = spec.scale == "8x8"
         return {
-            **AUTOENCODER_SIZES.get(spec.scale, AUTOENCODER_SIZES["32x32"]),
+            **scale_table(AUTOENCODER_SIZES, spec, "vq-vae's autoencoder table"),
             # 8x8: 16 codes are all used (64 left 48 unused at the quick budget) and cost
             # 1 bit/dim less in the first stage's uniform-prior bound
-            "num_codes": 16 if small else {"28x28": 128}.get(spec.scale, 512),
+            "num_codes": scale_table(NUM_CODES, spec, "vq-vae's codebook table"),
             **quantiser_hparams(),
             # a softmax over 17 levels is cheap; over 256 levels the output layer would
             # dominate the cost, so the discretised logistic mixture (PixelCNN++'s reason)

@@ -81,7 +81,7 @@ from baselines.vae.vq_vae import (
 )
 from bench import distributed
 from bench.errors import GenbenchError
-from bench.method import Batch, DataSpec, Update, from_levels, to_levels
+from bench.method import Batch, DataSpec, Update, from_levels, scale_table, to_levels
 from bench.registry import register_method
 
 PERCEPTUAL_UNAVAILABLE = "unavailable (no LPIPS/VGG weights)"
@@ -90,6 +90,8 @@ VGG16_SLICES = ((0, 4), (4, 9), (9, 16), (16, 23), (23, 30))
 #: LPIPS's input scaling (its ScalingLayer): (x - shift) / scale for x in [-1, 1]
 LPIPS_SHIFT = (-0.030, -0.088, -0.188)
 LPIPS_SCALE = (0.458, 0.448, 0.450)
+#: codebook size K per data scale
+NUM_CODES = {"8x8": 64, "28x28": 128, "32x32": 512}
 PRIOR_SIZES = {"8x8": (2, 4, 64), "28x28": (4, 4, 128), "32x32": (6, 8, 256)}
 CRITIC_LAYERS = {"8x8": 1, "28x28": 2, "32x32": 3}
 
@@ -268,10 +270,10 @@ class VQGAN(VQAutoencoder):
 
     @classmethod
     def default_hparams(cls, spec: DataSpec) -> dict[str, Any]:
-        layers, heads, dim = PRIOR_SIZES.get(spec.scale, PRIOR_SIZES["32x32"])
+        layers, heads, dim = scale_table(PRIOR_SIZES, spec, "vqgan's prior table")
         return {
-            **AUTOENCODER_SIZES.get(spec.scale, AUTOENCODER_SIZES["32x32"]),
-            "num_codes": {"8x8": 64, "28x28": 128}.get(spec.scale, 512),
+            **scale_table(AUTOENCODER_SIZES, spec, "vqgan's autoencoder table"),
+            "num_codes": scale_table(NUM_CODES, spec, "vqgan's codebook table"),
             **quantiser_hparams(),
             # taming's codebook loss collapsed to 8-19 of 64 codes within the quick budget;
             # the EMA codebook (VQ-VAE appendix A.1) keeps 50-64 in use
@@ -279,7 +281,7 @@ class VQGAN(VQAutoencoder):
             "codebook_init": "taming",
             "lr": 4.5e-6 * 64,
             "critic_width": 32,
-            "critic_layers": CRITIC_LAYERS.get(spec.scale, 3),
+            "critic_layers": scale_table(CRITIC_LAYERS, spec, "vqgan's critic table"),
             "disc_weight": 0.8,
             "disc_start_fraction": 0.25,
             "codebook_weight": 1.0,
