@@ -116,8 +116,10 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             from torch.distributed.nn.functional import all_reduce
 
         dims = [0, *range(2, x.dim())]
-        count = torch.tensor([x.numel() / x.shape[1]], dtype=x.dtype, device=x.device)
-        moments = torch.cat([count, x.sum(dims), (x * x).sum(dims)])
+        # float64 moments: E[x^2] - E[x]^2 in float32 loses the variance to cancellation
+        wide = x.double()
+        count = torch.tensor([x.numel() / x.shape[1]], dtype=wide.dtype, device=x.device)
+        moments = torch.cat([count, wide.sum(dims), (wide * wide).sum(dims)])
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
             moments = all_reduce(moments)
@@ -128,11 +130,11 @@ class GlobalBatchNorm(nn.BatchNorm2d):
             with torch.no_grad():
                 momentum = 0.1 if self.momentum is None else self.momentum
                 unbiased = var * n / (n - 1).clamp_min(1)
-                self.running_mean.lerp_(mean.detach(), momentum)
-                self.running_var.lerp_(unbiased.detach(), momentum)  # type: ignore[union-attr]
+                self.running_mean.lerp_(mean.detach().to(x.dtype), momentum)
+                self.running_var.lerp_(unbiased.detach().to(x.dtype), momentum)  # type: ignore[union-attr]
                 self.num_batches_tracked.add_(1)  # type: ignore[union-attr]
         shape = [1, -1] + [1] * (x.dim() - 2)
-        y = (x - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)
+        y = ((wide - mean.view(shape)) * torch.rsqrt(var.view(shape) + self.eps)).to(x.dtype)
         if self.affine:
             y = y * self.weight.view(shape) + self.bias.view(shape)
         return y

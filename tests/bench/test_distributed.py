@@ -34,21 +34,21 @@ FAMILY_CASES: dict[str, dict[str, Any]] = {
     "simclr": {},
     "vae": {},
 }
-if os.environ.get("TMP_FAMILIES"):
-    FAMILY_CASES = {k: v for k, v in FAMILY_CASES.items() if k in os.environ["TMP_FAMILIES"]}
 SETTINGS = TrainSettings(
     budget_images=int(os.environ.get("TMP_BUDGET", "64")), batch_size=16, throughput_warmup_steps=0
 )
-#: the bar: weights equal to one process to 1e-6 relative (per tensor)
+#: the bar: every weight tensor equal to one process's to 1e-6 relative (of its norm) ...
 RELATIVE = 1e-6
-#: methods whose float noise floor is above that bar in ONE process: a WGAN critic's loss
-#: mean(fake) - mean(real) through a LeakyReLU gives some units a gradient that cancels
-#: exactly (as many positive units among fakes as among reals), computed as rounding noise
-#: (~1e-9) that Adam's first steps normalise into +-lr updates. One process with 1 thread
-#: and with 2 threads differs by the same 0.7% on that critic bias (measured). For these the
-#: bar per tensor is 3x that one-process floor (or 1e-6); every other tensor, BatchNorm's
-#: included, still has to match to about 1e-6, so unsynchronised BN would fail.
-NOISE_FLOOR_METHODS = ("wgan-gp",)
+#: ... or to the float floor of one process where that is higher: SimCLR in ONE process with
+#: 1 and with 2 threads already differs by 4.6e-6 after these 4 steps (measured; NT-Xent's
+#: softmax over the batch and BatchNorm's moments in float32 are summed in another order)
+FLOAT_FLOOR = {"simclr": 1e-5}
+#: Adam's epsilon in this test: 1e-3 instead of 1e-8 keeps a rounding-noise gradient (1e-9)
+#: from becoming a +-lr step that later steps then spread over every weight (SimCLR: one
+#: such element after step 1 became 1e-3 differences everywhere by step 2, in a process
+#: with other summation orders as much as on two ranks); what is tested is the
+#: synchronisation, which a larger epsilon does not touch
+ADAM_EPS = 1e-3
 
 
 def _train_family(name: str, overrides: dict[str, Any]) -> tuple[dict[str, torch.Tensor], Any]:
@@ -56,11 +56,19 @@ def _train_family(name: str, overrides: dict[str, Any]) -> tuple[dict[str, torch
     seed_everything(0)
     method = METHODS.get(name).build(data.spec, overrides)
     method.prepare(data.images("train"), data.labels("train"), data.images("test"))
+    for optimizer in method.optimizers.values():  # see ADAM_EPS
+        for group in optimizer.param_groups:
+            if "eps" in group:
+                group["eps"] = ADAM_EPS
     distributed.broadcast_module(method)
     outcome = train(
         method, data.images("train"), data.labels("train"), SETTINGS, 0, torch.device("cpu")
     )
-    state = {k: v.detach().clone() for k, v in method.state_dict().items() if v.is_floating_point()}
+    state = {
+        k: v.detach().clone()
+        for k, v in method.state_dict().items()
+        if v.is_floating_point() and v.numel()
+    }
     return state, outcome
 
 
@@ -105,18 +113,10 @@ def test_two_ranks_train_what_one_process_trains(tmp_path: Path) -> None:
             if "grad_clip" in overrides or "max_grad_norm" in overrides:
                 clip = overrides.get("grad_clip", overrides.get("max_grad_norm"))
                 assert outcome.last_losses["grad_norm"] > 10 * clip  # the clip binds
-            bars = dict.fromkeys(single, RELATIVE)
-            if name in NOISE_FLOOR_METHODS:
-                torch.set_num_threads(2)
-                other, _ = _train_family(name, overrides)
-                torch.set_num_threads(1)
-                floor = relative_differences(other, single)
-                bars = {k: max(RELATIVE, 3 * floor[k]) for k in single}
+            bar = FLOAT_FLOOR.get(name, RELATIVE)
             diffs = relative_differences(ranks[name]["state"], single)
-            report[name] = max(diffs.values())
-            failures += [
-                f"{name} {k}: {d:.2e} > {bars[k]:.2e}" for k, d in diffs.items() if d > bars[k]
-            ]
+            report[name] = f"{max(diffs.values()):.1e}"
+            failures += [f"{name} {k}: {d:.2e} > {bar:.0e}" for k, d in diffs.items() if d > bar]
     finally:
         torch.set_num_threads(threads)
     print("2-rank vs 1-process relative weight difference (max over tensors):", report)
