@@ -28,8 +28,11 @@ Images handed to a method are float tensors in [0, 1] holding ``level / (num_lev
 
 from __future__ import annotations
 
+import contextlib
+import contextvars
 import dataclasses
 import math
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from typing import Any, ClassVar, TypeVar
 
@@ -154,19 +157,47 @@ class Batch:
         return self._noise().generators()
 
 
-#: the data scales (height x width) the shipped methods have default tables for
-DATA_SCALES = ("8x8", "28x28", "32x32")
+#: set while a study is planned: a data scale no default table covers is then an error
+STRICT_SCALES: contextvars.ContextVar[bool] = contextvars.ContextVar("strict_scales", default=False)
+
+
+@contextlib.contextmanager
+def strict_scales() -> Iterator[None]:
+    """Within it, :func:`scale_table` refuses a data scale its table does not cover (how
+    :func:`bench.runner.plan_study` builds every method of a study)."""
+    token = STRICT_SCALES.set(True)
+    try:
+        yield
+    finally:
+        STRICT_SCALES.reset(token)
 
 
 def scale_table(table: Mapping[str, T], spec: DataSpec, what: str) -> T:
-    """``table``'s row for ``spec``'s data scale, or one clear error naming the scales the
-    table covers (never another scale's values in silence)."""
-    if spec.scale not in table:
+    """``table``'s row for ``spec``'s data scale.
+
+    A scale no row covers is one clear error when a study is planned (:func:`strict_scales`:
+    every ``genbench run``, ``sweep`` and ``train``), never another scale's values in
+    silence. Outside a study (a method built by hand on toy images in a test or a notebook)
+    the nearest row by pixel count is used, with a warning that says so."""
+    if spec.scale in table:
+        return table[spec.scale]
+    if STRICT_SCALES.get():
         raise GenbenchError(
             f"{what} has no defaults for {spec.scale} images ({spec.name}); its table covers "
             f"{', '.join(table)}. Add a row for {spec.scale} to the method's table"
         )
-    return table[spec.scale]
+    pixels = spec.height * spec.width
+
+    def distance(scale: str) -> int:
+        height, width = (int(v) for v in scale.split("x"))
+        return abs(height * width - pixels)
+
+    nearest = min(table, key=distance)
+    warnings.warn(
+        f"{what} has no row for {spec.scale} images; using its {nearest} row outside a study",
+        stacklevel=2,
+    )
+    return table[nearest]
 
 
 #: the schedules of :func:`bench.optim.lr_factor`
@@ -229,10 +260,6 @@ class Method(nn.Module):
     ema_decay: ClassVar[float | None] = None
     #: one line for ``genbench list``
     summary: ClassVar[str] = ""
-    #: the data scales ``default_hparams`` has a table row for (the shipped families:
-    #: :data:`DATA_SCALES`); another size is one clear error before any run. None: defaults
-    #: that do not depend on the size
-    data_scales: ClassVar[tuple[str, ...] | None] = None
     #: string-valued hyper-parameters and their valid values, checked before any run starts
     hparam_choices: ClassVar[dict[str, tuple[str, ...]]] = {}
     #: numeric hyper-parameters' valid ranges, where the name-based rules of
@@ -274,11 +301,6 @@ class Method(nn.Module):
         from a protocol file), every value checked against the schema: unknown keys, wrong
         types, NaN/inf, out-of-range numbers and unknown string choices are one clear
         :class:`GenbenchError` before any run starts, not a failure (or garbage) mid-study."""
-        if cls.data_scales is not None and spec.scale not in cls.data_scales:
-            raise GenbenchError(
-                f"method {cls.name!r} has no defaults for {spec.scale} images ({spec.name}); "
-                f"its tables cover {', '.join(cls.data_scales)}"
-            )
         hparams = cls.default_hparams(spec)
         unknown = sorted(set(overrides) - set(hparams))
         if unknown:

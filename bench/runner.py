@@ -32,7 +32,7 @@ from bench.errors import GenbenchError
 from bench.evaluators import EvalContext, Evaluator, evaluators_for
 from bench.killpoints import kill_point
 from bench.locks import RunLock
-from bench.method import Method
+from bench.method import Method, strict_scales
 from bench.metrics import throughput
 from bench.metrics.extractors import (
     default_extractor,
@@ -196,8 +196,9 @@ def plan_study(
     for name in method_names:
         cls = METHODS.get(name)
         overrides = {**protocol.methods.get(name, {}), **method_sets[name]}
-        hparams = cls.resolve_hparams(data.spec, overrides)
-        cls.validate(data.spec, hparams)  # types, ranges and a trial build, before any run
+        with strict_scales():  # a size no default table covers: one line, now
+            hparams = cls.resolve_hparams(data.spec, overrides)
+            cls.validate(data.spec, hparams)  # types, ranges and a trial build, before any run
         for seed in seeds if seeds is not None else protocol.seeds:
             spec = RunSpec(name, seed, hparams, protocol, out)
             check_run_folder(spec)

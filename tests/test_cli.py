@@ -91,7 +91,7 @@ def test_list_shows_capabilities(capsys) -> None:
     assert main(["list"]) == 0
     out = capsys.readouterr().out
     assert "independent-pixels" in out and "[log_likelihood, sample]" in out
-    assert "smoke@v2" in out and "digits-cnn" in out
+    assert "smoke@v3" in out and "digits-cnn" in out
 
 
 def test_rerun_skips_finished_runs(existing_runs: Path, tmp_path: Path, caplog, smoke_cli) -> None:

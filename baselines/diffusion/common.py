@@ -16,7 +16,6 @@ from torch import Tensor
 from baselines.common.unet import UNet, unet_hparams
 from bench.errors import GenbenchError
 from bench.method import (
-    DATA_SCALES,
     LOG_LIKELIHOOD,
     SAMPLE,
     Batch,
@@ -50,7 +49,6 @@ class DenoiserMethod(Method):
 
     Subclasses implement ``loss(x, labels) -> Tensor`` on data ``x`` in [-1, 1]."""
 
-    data_scales = DATA_SCALES  # default tables per data scale
     #: grad_clip 0 switches clipping off; attention_resolutions may be empty (no attention)
     hparam_ranges = {"grad_clip": (0, None)}
     hparam_empty_lists = frozenset({"attention_resolutions"})

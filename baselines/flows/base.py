@@ -34,7 +34,6 @@ from torch import Tensor, nn
 
 from baselines.common.flow_layers import MultiScaleFlow, prior_log_prob, prior_sample
 from bench.method import (
-    DATA_SCALES,
     ENCODE,
     LOG_LIKELIHOOD,
     SAMPLE,
@@ -57,7 +56,6 @@ class DequantizedFlow(Method):
     """Base class: subclasses build ``self.flow`` (a :class:`MultiScaleFlow`, or a flow layer
     on (B, C, H, W) images), then call :meth:`setup_optimizer`."""
 
-    data_scales = DATA_SCALES  # default tables per data scale
     capabilities = frozenset({SAMPLE, LOG_LIKELIHOOD, ENCODE})
     likelihood_is_bound = True
 

@@ -31,7 +31,6 @@ from baselines.common.dcgan import Critic, Generator
 from baselines.gan import losses
 from bench.errors import GenbenchError
 from bench.method import (
-    DATA_SCALES,
     ENCODE,
     SAMPLE,
     Batch,
@@ -84,7 +83,6 @@ def random_interpolates(real: Tensor, fake: Tensor, batch: Batch) -> Tensor:
 class GANMethod(Method):
     """Base class: a generator, a critic, their two optimisers and the alternating loop."""
 
-    data_scales = DATA_SCALES  # default tables per data scale
     capabilities = frozenset({SAMPLE, ENCODE})
     #: the critic's normalisation layer (see baselines.common.dcgan.Critic)
     critic_normalisation: ClassVar[str] = "batch"

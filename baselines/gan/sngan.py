@@ -54,7 +54,8 @@ class SpectralNorm(nn.Module):
             self.u.copy_(F.normalize(matrix @ self.v, dim=0, eps=self.eps))
 
     def sigma(self, weight: Tensor) -> Tensor:
-        return torch.dot(self.u, weight.flatten(1) @ self.v)
+        # u^T W v in the buffers' precision (under bf16 autocast the matmul comes out bf16)
+        return torch.dot(self.u, (weight.flatten(1) @ self.v).to(self.u.dtype))
 
     def forward(self, weight: Tensor) -> Tensor:
         return weight / self.sigma(weight)

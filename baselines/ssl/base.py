@@ -22,7 +22,7 @@ from torch import Tensor, nn
 
 from baselines.common.encoders import shared_encoder
 from bench import distributed
-from bench.method import DATA_SCALES, ENCODE, Batch, DataSpec, Method
+from bench.method import ENCODE, Batch, DataSpec, Method
 
 
 def warmup_steps(fraction: float, total_steps: int) -> int:
@@ -46,7 +46,6 @@ def positions(batch: Batch) -> Tensor:
 
 class SelfSupervisedMethod(Method):
     capabilities = frozenset({ENCODE})
-    data_scales = DATA_SCALES  # default tables per data scale
 
     def __init__(self, spec: DataSpec) -> None:
         super().__init__(spec)

@@ -131,7 +131,7 @@ class MoCo(ContrastiveMethod):
         size, count = self.queue.shape[0], len(keys)
         ptr, skipped = int(self.queue_ptr), max(0, count - size)
         index = (ptr + skipped + torch.arange(count - skipped, device=keys.device)) % size
-        self.queue[index] = keys[skipped:]
+        self.queue[index] = keys[skipped:].to(self.queue.dtype)  # bf16 keys under autocast
         self.queue_ptr.fill_((ptr + count) % size)
 
     def train_step(self, batch: Batch, step: int) -> Iterator[Update]:

@@ -216,3 +216,18 @@ def test_compile_and_channels_last_train_on_cpu(name: str) -> None:
     assert losses[0].keys() == losses[1].keys()
     for key, value in losses[0].items():
         assert losses[1][key] == pytest.approx(value, rel=1e-3, abs=1e-5), key
+
+
+def test_a_data_scale_no_table_covers_is_an_error_when_a_study_is_planned() -> None:
+    """Inside a study (``strict_scales``, as ``plan_study`` builds methods) a size no default
+    table covers is one clear error; outside, a toy build warns and uses the nearest row."""
+    from bench.errors import GenbenchError
+    from bench.method import strict_scales
+    from bench.registry import METHODS
+
+    odd = DataSpec("odd", 1, 16, 16, 256, 10)
+    for name in ("ddpm", "glow", "gan", "made", "vae", "simclr"):
+        with strict_scales(), pytest.raises(GenbenchError, match="no defaults for 16x16"):
+            METHODS.get(name).validate(odd, {})  # what plan_study runs: schema + trial build
+    with pytest.warns(UserWarning, match="using its"):
+        METHODS.get("made").resolve_hparams(odd, {})

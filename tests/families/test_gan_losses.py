@@ -13,6 +13,7 @@ from baselines.gan import losses
 from baselines.gan.sngan import SNGAN, SpectralNorm, power_iteration, spectral_normalise
 from baselines.gan.wgan import WGAN
 from bench.method import Batch, DataSpec
+from bench.optim import Optimisation, run_step
 from bench.registry import METHODS
 
 DIGITS = DataSpec("digits", 1, 8, 8, 17, 10)
@@ -129,7 +130,7 @@ def test_exactly_one_power_iteration_per_critic_step() -> None:
         u = layer.parametrizations.weight[0].u.clone()
         v = F.normalize(weight.T @ u, dim=0)
         expected.append((F.normalize(weight @ v, dim=0), v))
-    method.train_step(batch, 0)  # critic_steps = 1: a critic and a generator update
+    run_step(method, batch, 0)  # critic_steps = 1: a critic and a generator update
     for layer, (u, v) in zip(method.normalised_layers, expected, strict=True):
         norm = layer.parametrizations.weight[0]
         assert torch.allclose(norm.u, u, atol=1e-6) and torch.allclose(norm.v, v, atol=1e-6)
@@ -142,7 +143,7 @@ def test_persistent_power_iteration_tracks_sigma_during_training() -> None:
     method = SNGAN.build(DIGITS, SMALL)
     x = torch.rand(64, 1, 8, 8)
     for step in range(20):
-        method.train_step(Batch(x, torch.zeros(64, dtype=torch.long)), step)
+        run_step(method, Batch(x, torch.zeros(64, dtype=torch.long)), step)
     for layer in method.normalised_layers:
         effective = torch.linalg.matrix_norm(layer.weight.detach().flatten(1), 2).item()
         raw = layer.parametrizations.weight.original.detach().flatten(1)
@@ -163,7 +164,7 @@ def test_weight_clipping_keeps_every_critic_parameter_within_c() -> None:
     method = WGAN.build(DIGITS, {**SMALL, "lr": 0.5})  # a step far larger than c
     x = torch.rand(64, 1, 8, 8)
     before = [p.detach().clone() for p in method.critic.parameters()]
-    method.train_step(Batch(x, torch.zeros(64, dtype=torch.long)), 0)
+    run_step(method, Batch(x, torch.zeros(64, dtype=torch.long)), 0)
     after = list(method.critic.parameters())
     assert any(not torch.equal(a, b) for a, b in zip(after, before, strict=True))
     for param in after:
@@ -175,7 +176,8 @@ def test_images_seen_count_critic_and_generator_batches(name: str) -> None:
     torch.manual_seed(0)
     method = METHODS.get(name).build(DIGITS, SMALL)
     batch = Batch(torch.rand(16, 1, 8, 8), torch.zeros(16, dtype=torch.long))
-    counts = [method.train_step(batch, step)["images"] for step in range(method.critic_steps)]
+    optimisation = Optimisation(method, torch.device("cpu"))
+    counts = [optimisation.step([batch], step)[1] for step in range(method.critic_steps)]
     # critic_steps critic batches, then one generator batch on the last of them
     assert counts == [16] * (method.critic_steps - 1) + [32]
 
