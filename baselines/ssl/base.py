@@ -21,19 +21,12 @@ import torch
 from torch import Tensor, nn
 
 from baselines.common.encoders import shared_encoder
-from bench import distributed
 from bench.method import ENCODE, Batch, DataSpec, Method
 
 
 def warmup_steps(fraction: float, total_steps: int) -> int:
     """The warm-up of a run of ``total_steps`` steps that warms up over ``fraction`` of it."""
     return int(fraction * total_steps)
-
-
-def gather(x: Tensor) -> Tensor:
-    """:func:`bench.distributed.gather`: every rank's ``x`` along dim 0, differentiable, with
-    the contiguous-gradient fix (see there); identity in one process."""
-    return distributed.gather(x)
 
 
 def positions(batch: Batch) -> Tensor:

@@ -50,8 +50,9 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from baselines.ssl.base import SelfSupervisedMethod, gather
+from baselines.ssl.base import SelfSupervisedMethod
 from baselines.ssl.losses import diagonal_info_nce
+from bench.distributed import gather
 from bench.method import Batch, DataSpec, Update, scale_table
 from bench.registry import register_method
 

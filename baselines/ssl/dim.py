@@ -60,8 +60,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from baselines.common.encoders import encoder_widths
-from baselines.ssl.base import SelfSupervisedMethod, gather
+from baselines.ssl.base import SelfSupervisedMethod
 from baselines.ssl.losses import diagonal_info_nce
+from bench.distributed import gather
 from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 

@@ -45,8 +45,9 @@ import torch
 from torch import Tensor, nn
 
 from baselines.ssl.augment import BatchAugment, augment_hparams, view_draws
-from baselines.ssl.base import SelfSupervisedMethod, gather
+from baselines.ssl.base import SelfSupervisedMethod
 from baselines.ssl.losses import nt_xent
+from bench.distributed import gather
 from bench.method import Batch, DataSpec, Update
 from bench.registry import register_method
 
