@@ -1,4 +1,4 @@
-"""genbench's command line: list | run | train | report | compare.
+"""genbench's command line: list | run | train | report | compare | score | sample.
 
     genbench list
     genbench run [--protocol quick] [--dataset digits] [--methods a,b] [--seeds 0,1,2]
@@ -8,6 +8,11 @@
     genbench report [--runs runs] [--protocol quick] [--dataset digits] [--out reports]
     genbench compare EXPECTED.csv [RESULTS_DIR] [--update | --derive-tolerances | --clip]
                      [--strict] [--methods a,b]
+    genbench score --samples DIR|FILE.npz --dataset NAME [--extractor X] [--as NAME]
+    genbench sample --run RUN_DIR [--n 1000] --out samples.npz [--steps K]
+    genbench dataset add CARD.toml
+
+Every command takes --include PATH (a plug-in file or package folder; repeatable).
 
 Errors a user can cause print one line on stderr and exit with code 2.
 """
@@ -32,9 +37,27 @@ class _Parser(argparse.ArgumentParser):
         self.exit(2, f"genbench: error: {message}\n")
 
 
+def _include_option(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--include",
+        action="append",
+        default=[],
+        metavar="PATH",
+        help="a plug-in: a .py file or package folder registering methods (repeatable)",
+    )
+
+
+DATASET_HELP = (
+    "a dataset name (built-in or a registered card), folder:PATH, npz:PATH or a card .toml"
+)
+
+
 def _study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--protocol", default="quick", help="protocol name or .toml path")
-    parser.add_argument("--dataset", default=None, help="override the protocol's dataset")
+    parser.add_argument(
+        "--dataset", default=None, help=f"override the protocol's dataset: {DATASET_HELP}"
+    )
+    _include_option(parser)
     parser.add_argument("--out", type=Path, default=Path("runs"), help="results root")
     parser.add_argument(
         "--set",
@@ -105,6 +128,7 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         choices=["all", "methods", "datasets", "extractors", "protocols"],
     )
+    _include_option(ls)
 
     run = commands.add_parser("run", help="train and evaluate a study, then write a leaderboard")
     _study_options(run)
@@ -215,6 +239,59 @@ def build_parser() -> argparse.ArgumentParser:
         help="comma-separated: compare only these methods' rows (and their variants)",
     )
 
+    sc = commands.add_parser(
+        "score",
+        help="FID / KID / precision-recall of samples made anywhere (.npz or image folder)",
+        description="Scores images produced anywhere against the reference the leaderboard "
+        "uses (the dataset's train split, the protocol's evaluation settings, the same "
+        "extractor); --as NAME adds them to the leaderboard as an external row.",
+    )
+    sc.add_argument("--samples", type=Path, required=True, help="FILE.npz or a folder of images")
+    sc.add_argument("--dataset", required=True, help=DATASET_HELP)
+    sc.add_argument("--protocol", default="quick", help="whose eval settings (default quick)")
+    sc.add_argument("--extractor", default=None, help="feature extractor for FID")
+    sc.add_argument("--feature-weights", default=None, metavar="PATH")
+    sc.add_argument("--seed", type=_seed_arg, default=0, help="seed of KID subsets (default 0)")
+    sc.add_argument("--device", default="auto")
+    sc.add_argument("--data-root", type=Path, default=None)
+    sc.add_argument("--no-download", action="store_true")
+    sc.add_argument(
+        "--as",
+        dest="as_name",
+        default=None,
+        metavar="NAME",
+        help="write the scores as leaderboard row NAME (OUT/<protocol>/<dataset>/NAME/seed-S)",
+    )
+    sc.add_argument("--out", type=Path, default=Path("runs"), help="results root for --as")
+    sc.add_argument("--json", action="store_true", help="print the scores as JSON")
+    _include_option(sc)
+
+    smp = commands.add_parser(
+        "sample",
+        help="draw samples from a finished run (the images its evaluation drew, same seed)",
+    )
+    smp.add_argument("--run", type=Path, required=True, help="a run folder with result.json")
+    smp.add_argument("--n", type=_positive_int, default=None, help="images (default: fid_samples)")
+    smp.add_argument("--out", type=Path, required=True, help="FILE.npz, or a folder for PNGs")
+    smp.add_argument("--steps", type=_positive_int, default=None, help="sampler steps")
+    smp.add_argument(
+        "--sampler",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="sampler settings passed to sample() (e.g. sampler=ddim), repeatable",
+    )
+    smp.add_argument("--seed", type=_seed_arg, default=None, help="default: the run's seed")
+    smp.add_argument("--batch-size", type=_positive_int, default=None)
+    smp.add_argument("--device", default="cpu")
+    smp.add_argument("--data-root", type=Path, default=None)
+    _include_option(smp)
+
+    dset = commands.add_parser("dataset", help="register a dataset card (toml) by its name")
+    dset.add_argument("action", choices=["add", "show"])
+    dset.add_argument("card", help="add: the card .toml; show: a dataset name or spec")
+    dset.add_argument("--data-root", type=Path, default=None)
+
     doc = commands.add_parser(
         "doctor",
         help="one prepared check of this machine's GPU, written as one JSON file",
@@ -269,7 +346,15 @@ def main(argv: list[str] | None = None) -> int:
     )
     logging.getLogger("torch_fidelity").setLevel(logging.WARNING)
     try:
+        if getattr(args, "include", None):
+            from bench import plugins
+
+            for path in args.include:
+                plugins.include(path)
         return {
+            "score": cmd_score,
+            "sample": cmd_sample,
+            "dataset": cmd_dataset,
             "list": cmd_list,
             "run": cmd_run,
             "train": cmd_train,
@@ -336,6 +421,7 @@ def _seed_arg(text: str) -> int:
 
 
 def cmd_list(args: argparse.Namespace) -> int:
+    from bench.plugins import plugin_of
     from bench.protocol import load_protocol, protocol_names
     from bench.registry import DATASETS, EXTRACTORS, METHODS, method_families
 
@@ -350,7 +436,9 @@ def cmd_list(args: argparse.Namespace) -> int:
                 if "log_likelihood" in cls.capabilities and cls.likelihood_is_bound
                 else ""
             )
-            lines.append(f"  {name:<22} [{caps}{bound}]  {cls.summary}")
+            plugin = plugin_of(name)
+            origin = f"  (plug-in {plugin.source})" if plugin is not None else ""
+            lines.append(f"  {name:<22} [{caps}{bound}]  {cls.summary}{origin}")
         lines.append("method families (--methods family:NAME):")
         for family, names in sorted(method_families().items()):
             lines.append(f"  {family:<22} {', '.join(names)}")
@@ -359,6 +447,15 @@ def cmd_list(args: argparse.Namespace) -> int:
         for name in DATASETS.names():
             doc = (DATASETS.get(name).__doc__ or "").strip().splitlines()[0]
             lines.append(f"  {name:<22} {doc}")
+        from bench.data.custom import card_dirs, read_card, registered_cards
+
+        for name, path in sorted(registered_cards().items()):
+            description = read_card(path).description or f"dataset card {path}"
+            lines.append(f"  {name:<22} {description}  (card {path})")
+        lines.append(
+            "  (also: --dataset folder:PATH | npz:PATH | CARD.toml; cards registered with "
+            f"`genbench dataset add` live in {', '.join(map(str, card_dirs()))})"
+        )
     if args.what in ("all", "extractors"):
         lines.append("feature extractors:")
         for name in EXTRACTORS.names():
@@ -396,6 +493,7 @@ def _request(args: argparse.Namespace, methods: list[str] | None, seeds: list[in
         channels_last=args.channels_last,
         compile=args.compile,
         force=bool(getattr(args, "force", False)),
+        includes=[str(Path(p).expanduser().resolve()) for p in args.include],
     )
 
 
@@ -589,6 +687,81 @@ def cmd_compare(args: argparse.Namespace) -> int:
         f"no regressions: {len(verdicts)} metrics within tolerance"
         f"{'' if args.strict else ' or better'}"
     )
+    return 0
+
+
+def cmd_score(args: argparse.Namespace) -> int:
+    """``genbench score``: see bench/score.py."""
+    import json
+
+    from bench.score import ScoreRequest, score
+
+    request = ScoreRequest(
+        samples=args.samples,
+        dataset=args.dataset,
+        protocol=args.protocol,
+        extractor=args.extractor,
+        feature_weights=args.feature_weights,
+        seed=args.seed,
+        device=args.device,
+        data_root=args.data_root,
+        download=not args.no_download,
+        as_name=args.as_name,
+        out=args.out,
+    )
+    scores, written = score(request)
+    if args.json:
+        print(json.dumps(scores, indent=2, sort_keys=True))
+    else:
+        extractor = scores["settings"]["extractor"]
+        shown = " ".join(
+            f"{key}[{extractor}]={scores[key]:.6g}"
+            for key in ("fid", "kid", "precision", "recall", "sample_acc")
+            if scores.get(key) is not None
+        )
+        print(f"{args.samples}: {scores['settings']['num_samples']} images: {shown}")
+    if written is not None:
+        print(f"result: {written} (external row {args.as_name!r}; `genbench report` shows it)")
+    return 0
+
+
+def cmd_sample(args: argparse.Namespace) -> int:
+    """``genbench sample``: see bench/runs.py."""
+    from bench.runs import draw_samples, open_run, parse_sampler_args, write_samples
+
+    kwargs = parse_sampler_args(args.sampler)
+    if args.steps is not None:
+        kwargs["steps"] = args.steps
+    if args.out.suffix != ".npz" and args.out.exists() and not args.out.is_dir():
+        raise GenbenchError(f"--out {args.out} is a file: give a .npz path or a folder")
+    run = open_run(args.run, args.device, args.data_root)
+    count = args.n if args.n is not None else run.fid_samples
+    images, labels, info = draw_samples(run, count, kwargs, args.seed, args.batch_size)
+    written = write_samples(images, labels, info, args.out)
+    print(
+        f"{written}: {count} samples of {info['method']} (seed {info['seed']}, {info['section']})"
+    )
+    return 0
+
+
+def cmd_dataset(args: argparse.Namespace) -> int:
+    """``genbench dataset add CARD.toml`` registers a card; ``show NAME`` describes one."""
+    from bench.data import load_dataset
+    from bench.data.custom import register_card
+
+    if args.action == "add":
+        path = register_card(Path(args.card))
+        print(f"registered: {path} (use --dataset {path.stem})")
+        return 0
+    data = load_dataset(args.card, args.data_root, download=False)
+    spec = data.spec
+    print(
+        f"{spec.name}: {len(data.levels('train'))} train / {len(data.levels('test'))} test, "
+        f"{spec.channels}x{spec.height}x{spec.width}, {spec.num_levels} levels, "
+        f"{spec.num_classes} classes; source {data.source}"
+    )
+    for key, value in sorted(data.meta.items()):
+        print(f"  {key}: {value}")
     return 0
 
 

@@ -47,7 +47,9 @@ def _request_files(study: Study, request: StudyRequest) -> list[tuple[RunSpec, P
     """Write each pending run's request into its folder; the files the executors run."""
     files = []
     for spec in pending_runs(study, request.force):
-        narrowed = request.for_run(spec.method, spec.seed, study.protocol.dataset, study.extractor)
+        narrowed = request.for_run(
+            spec.method, spec.seed, study.dataset_arg or study.protocol.dataset, study.extractor
+        )
         files.append((spec, narrowed.write(spec.directory / REQUEST_FILE)))
     return files
 

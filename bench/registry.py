@@ -36,11 +36,19 @@ class Registry(Generic[T]):
 
         def decorator(obj: T) -> T:
             if name in self._items and self._items[name] is not obj:
-                raise ValueError(f"{self.kind} {name!r} is registered twice")
+                owner = getattr(self._items[name], "__module__", None) or "?"
+                raise GenbenchError(
+                    f"{self.kind} name {name!r} is already taken (registered by {owner}); "
+                    "choose another name"
+                )
             self._items[name] = obj
             return obj
 
         return decorator
+
+    def unregister(self, name: str) -> None:
+        """Forget ``name`` (a refused plug-in's registrations are undone)."""
+        self._items.pop(name, None)
 
     def get(self, name: str) -> T:
         _load_plugins()
@@ -88,6 +96,11 @@ def _load_plugins() -> None:
     _loaded = True
     for module in _PLUGIN_MODULES:
         importlib.import_module(module)
+    # installed plug-ins (the ``genbench.plugins`` entry points), after ours so that a
+    # plug-in taking one of our names is refused rather than replacing it
+    from bench.plugins import load_entry_points
+
+    load_entry_points()
 
 
 FAMILY_PREFIX = "family:"
@@ -95,10 +108,15 @@ FAMILY_PREFIX = "family:"
 
 def method_families() -> dict[str, list[str]]:
     """Family (the ``baselines`` subpackage a method lives in) -> its method names."""
+    from bench.plugins import plugin_of
+
     families: dict[str, list[str]] = {}
     for name in METHODS.names():
         parts = METHODS.get(name).__module__.split(".")
         family = parts[1] if len(parts) > 2 and parts[0] == "baselines" else parts[0]
+        plugin = plugin_of(name)
+        if plugin is not None:
+            family = plugin.family
         families.setdefault(family, []).append(name)
     return families
 

@@ -257,6 +257,8 @@ def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
     for name, flat in sorted(rows.items(), key=lambda kv: (owner[kv[0]], order[kv[0]])):
         runs = by_method[owner[name]]
         record: dict[str, Any] = {"method": name, "seeds": len(flat), "status": _status(runs)}
+        if any(r.config.get("external") for r in runs):  # genbench score --as: not trained here
+            record["external"] = True
         columns = sorted({c for f in flat for c in f if c != "bpd_is_bound"})
         for column in columns:
             values = [f[column] for f in flat if f.get(column) is not None]
@@ -328,7 +330,11 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
     """Human-readable cells: 'mean ± std', 'n/a', '≤' for bounds, arrows in the titles."""
-    out = pd.DataFrame({"method": table["method"]})
+    names = table["method"].astype(str)
+    if "external" in table.columns:  # rows scored from samples made elsewhere
+        flags = table["external"].fillna(False).astype(bool)
+        names = names.where(~flags, names + " (external)")
+    out = pd.DataFrame({"method": names})
     for name in metric_columns(table):
         base = metric_base(name)
         declared = declared_column(name) or Column(base, base)
@@ -408,6 +414,12 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
         "`≤`: a bound on bits/dim, not the exact value; ± is the standard deviation over "
         "seeds. Throughput is images per second on the device in each result's `env`.\n\n"
     )
+    if "external" in table.columns and table["external"].fillna(False).astype(bool).any():
+        header += (
+            "Rows marked `(external)` were scored from samples produced outside genbench "
+            "(`genbench score --as`): same extractor, reference and settings, but not trained "
+            "under this protocol.\n\n"
+        )
     grids = copy_sample_grids(results, folder / "samples")
     gallery = "".join(
         f"\n**{_md_text(method)}**\n\n![{_md_text(method)}](samples/{file})\n"

@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from bench import distributed
+from bench import distributed, plugins
 from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
 from bench.evaluators import EvalContext, Evaluator, evaluators_for
@@ -95,6 +95,8 @@ class Study:
     #: GPU fast paths (bench.optim.prepare_fast_paths), part of the training configuration
     channels_last: bool = False
     compile: bool = False
+    #: the --dataset value the study was planned from (a name, folder:PATH, npz:PATH, a card)
+    dataset_arg: str = ""
 
 
 def resolve_device(name: str) -> torch.device:
@@ -188,9 +190,17 @@ def plan_study(
         if parent.exists() and not parent.is_dir():
             raise GenbenchError(f"--out {out}: {parent} is a file, not a folder")
     data = load_dataset(protocol.dataset, data_root, download)
-    extractor = extractor or default_extractor(protocol.dataset)
+    dataset_arg = protocol.dataset
+    if data.meta:  # a file dataset: folder:PATH, npz:PATH or a card, by absolute path
+        dataset_arg = file_dataset_arg(data)
+        protocol = dataclasses.replace(protocol, dataset=data.spec.name)
+    extractor = (
+        extractor
+        or data.meta.get("extractor")
+        or default_extractor(data.spec.name, file_dataset=bool(data.meta))
+    )
     EXTRACTORS.get(extractor)
-    validate_extractor(extractor, protocol.dataset, feature_weights)
+    validate_extractor(extractor, data.spec.name, feature_weights, data.spec if data.meta else None)
     weights_sha = sha256_file(Path(feature_weights)) if feature_weights else None
     runs = []
     for name in method_names:
@@ -199,6 +209,7 @@ def plan_study(
         with strict_scales():  # a size no default table covers: one line, now
             hparams = cls.resolve_hparams(data.spec, overrides)
             cls.validate(data.spec, hparams)  # types, ranges and a trial build, before any run
+        plugins.check_outputs(name, data.spec, hparams, data)  # a plug-in's outputs, now
         for seed in seeds if seeds is not None else protocol.seeds:
             spec = RunSpec(name, seed, hparams, protocol, out)
             check_run_folder(spec)
@@ -214,7 +225,16 @@ def plan_study(
         weights_sha,
         channels_last,
         compile,
+        dataset_arg,
     )
+
+
+def file_dataset_arg(data: ImageData) -> str:
+    """The ``--dataset`` value that loads a file dataset again from anywhere."""
+    meta = data.meta
+    if meta.get("card"):
+        return f"card:{meta['card']}"
+    return f"{meta['format']}:{meta['path']}"
 
 
 def run_identity(spec: RunSpec) -> dict[str, Any]:
@@ -274,6 +294,13 @@ def train_config(spec: RunSpec, study: Study) -> dict[str, Any]:
     }
     if study.channels_last or study.compile:  # absent when off: older results keep their hash
         config["fast_paths"] = {"channels_last": study.channels_last, "compile": study.compile}
+    if study.data.meta:  # a file dataset: its content hash and split (not where it lies)
+        config["dataset"]["files"] = {
+            k: v for k, v in study.data.meta.items() if k not in ("path", "card")
+        }
+    plugin = plugins.provenance(spec.method)
+    if plugin is not None:  # the code that made the result; a changed plug-in re-runs
+        config["plugin"] = plugin
     return config
 
 
@@ -462,6 +489,11 @@ def execute_run(
     env = environment(throughput.device_name(device), study.precision)
     dist_info = distributed.current()
     env["world_size"] = dist_info.world_size
+    if data.meta:  # where the files were: what bench.load_run loads again
+        env["dataset_spec"] = study.dataset_arg
+    plugin = plugins.plugin_of(spec.method)
+    if plugin is not None:  # where the plug-in was (its sha256 is in the configuration)
+        env["plugin_source"] = plugin.path or plugin.source
     config = {**config, "hash": digest}
     timings: dict[str, float] = {}
 
@@ -605,6 +637,11 @@ def evaluate(
         return value
 
     for kind in evaluators_for(method):
+        if kind.needs_labels and not study.data.labeled:
+            log.info(
+                "%s: %s skipped: %s has no class labels", label, kind.name, study.data.spec.name
+            )
+            continue
         for index, variant in enumerate(kind.variants(method)):
             name = kind.section_name(index)
             if name is None:  # not saved, and rank 0's alone (throughput)

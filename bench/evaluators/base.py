@@ -148,6 +148,8 @@ class Evaluator:
     name: ClassVar[str] = ""
     #: the method capability it needs (bench.method SAMPLE / LOG_LIKELIHOOD / ENCODE), or None
     capability: ClassVar[str | None] = None
+    #: True when it needs the data's class labels (skipped on a dataset without labels)
+    needs_labels: ClassVar[bool] = False
     #: its leaderboard columns
     columns: ClassVar[tuple[Column, ...]] = ()
     #: the protocol ``eval.*`` keys it reads

@@ -20,6 +20,7 @@ if TYPE_CHECKING:
 class Probe(FeatureEvaluator):
     """Logistic regression (C picked on a validation split of train) and weighted kNN."""
 
+    needs_labels = True
     columns = (
         Column("linear_acc", "linear acc", higher_is_better=True, range=(0.0, 1.0)),
         Column("knn_acc", "kNN acc", higher_is_better=True, range=(0.0, 1.0)),

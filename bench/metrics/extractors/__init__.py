@@ -104,10 +104,16 @@ for _info in (*DOMAIN_EXTRACTORS.values(), INCEPTION):
     register_extractor(_info.name)(_info)
 
 
-def default_extractor(dataset: str) -> str:
+def default_extractor(dataset: str, file_dataset: bool = False) -> str:
     for name in EXTRACTORS.names():
         if dataset in EXTRACTORS.get(name).datasets:
             return name
+    if file_dataset:
+        raise GenbenchError(
+            f"dataset {dataset!r} comes from files: name the feature extractor for FID with "
+            f"--extractor (or `extractor = ...` in its card): {INCEPTION.name} for any images, "
+            "digits-cnn for 8x8 and mnist-cnn for 28x28 grayscale digits"
+        )
     raise GenbenchError(
         f"no feature extractor is registered for dataset {dataset!r}; train one with "
         f"`python -m bench.metrics.extractors.train {dataset}` or pass --extractor "
@@ -241,7 +247,9 @@ def torch_fidelity_builtin(name: str) -> bool:
     return cls is not None and cls.__module__.startswith("torch_fidelity.")
 
 
-def validate_extractor(extractor: str, dataset: str, feature_weights: str | None) -> None:
+def validate_extractor(
+    extractor: str, dataset: str, feature_weights: str | None, file_spec: Any = None
+) -> None:
     """Check an extractor choice before the first run, so that a bad one costs nothing.
 
     A domain classifier scores only the data it was made for (mnist-cnn on 8x8 digits gives
@@ -249,7 +257,18 @@ def validate_extractor(extractor: str, dataset: str, feature_weights: str | None
     with --feature-weights are loaded now (weights_only=True) and fitted into the network,
     so a missing, garbage or code-carrying file fails here in one line."""
     info: ExtractorInfo = EXTRACTORS.get(extractor)
-    if extractor in DOMAIN_EXTRACTORS and dataset not in info.datasets:
+    if extractor in DOMAIN_EXTRACTORS and file_spec is not None:
+        # a user's own data (``file_spec``: its DataSpec): a domain classifier the user named
+        # scores it when the images have the classifier's input shape
+        config = load_domain_classifier(extractor)[0].config
+        want = (config["channels"], config["size"], config["size"])
+        if tuple(file_spec.shape) != want:
+            raise GenbenchError(
+                f"feature extractor {extractor!r} takes {want[0]}x{want[1]}x{want[2]} images; "
+                f"{dataset!r} has {'x'.join(map(str, file_spec.shape))}. Use "
+                f"{INCEPTION.name} (any images)"
+            )
+    elif extractor in DOMAIN_EXTRACTORS and dataset not in info.datasets:
         valid = [n for n in EXTRACTORS.names() if dataset in EXTRACTORS.get(n).datasets]
         valid += [] if INCEPTION.name in valid else [INCEPTION.name]
         raise GenbenchError(
