@@ -242,6 +242,13 @@ def _forget_new(before: dict[str, set[str]]) -> None:
     ):
         for name in set(registry.names()) - before[kind]:
             registry.unregister(name)
+            if kind == "extractors":
+                from torch_fidelity.registry import FEATURE_EXTRACTORS_REGISTRY
+
+                from bench.metrics.extractors import FEATURE_NETWORKS
+
+                FEATURE_NETWORKS.pop(name, None)
+                FEATURE_EXTRACTORS_REGISTRY.pop(name, None)
 
 
 def check_method_class(name: str, cls: Any) -> None:

@@ -200,7 +200,13 @@ def plan_study(
         or default_extractor(data.spec.name, file_dataset=bool(data.meta))
     )
     EXTRACTORS.get(extractor)
-    validate_extractor(extractor, data.spec.name, feature_weights, data.spec if data.meta else None)
+    validate_extractor(
+        extractor,
+        data.spec.name,
+        feature_weights,
+        data.spec if data.meta else None,
+        data.spec.shape,
+    )
     weights_sha = sha256_file(Path(feature_weights)) if feature_weights else None
     runs = []
     for name in method_names:

@@ -265,7 +265,11 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     )
     EXTRACTORS.get(extractor)
     validate_extractor(
-        extractor, data.spec.name, request.feature_weights, data.spec if data.meta else None
+        extractor,
+        data.spec.name,
+        request.feature_weights,
+        data.spec if data.meta else None,
+        data.spec.shape,
     )
     device = resolve_device(request.device)
     directory = None

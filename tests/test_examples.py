@@ -42,7 +42,10 @@ def installed(tmp_path_factory: pytest.TempPathFactory) -> Path:
     purelib = next(venv.glob("lib/python3*/site-packages"))
     (purelib / "deps.pth").write_text("\n".join(site.getsitepackages()) + "\n")
     python = str(venv / "bin" / "python")  # its pip comes through deps.pth; scripts get its path
-    build = [python, "-m", "pip", "install", "--no-deps", "--no-index", "--quiet"]
+    # --ignore-installed: this environment's genbench (seen through deps.pth) is left alone,
+    # never uninstalled to make room
+    build = [python, "-m", "pip", "install", "--no-deps", "--no-index", "--ignore-installed"]
+    build.append("--quiet")
     try:
         import setuptools  # noqa: F401
 

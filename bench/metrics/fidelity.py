@@ -47,8 +47,10 @@ from bench.errors import GenbenchError
 from bench.method import to_levels
 from bench.metrics.extractors import (
     DOMAIN_EXTRACTORS,
+    FEATURE_NETWORKS,
     INCEPTION,
     cache_dir,
+    feature_network,
     inception_feature_extractor,
     inception_weights_sha,
     load_domain_classifier,
@@ -244,6 +246,8 @@ def fidelity_from_inputs(
 
 
 def extractor_fingerprint(extractor: str, feature_weights: str | None = None) -> str:
+    if extractor in FEATURE_NETWORKS:
+        return feature_network(extractor)[1]
     if extractor in DOMAIN_EXTRACTORS:
         return load_domain_classifier(extractor)[1]
     if extractor == INCEPTION.name:

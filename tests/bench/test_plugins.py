@@ -76,6 +76,19 @@ def isolated_registries(monkeypatch):
         monkeypatch.setattr(registry, "_items", dict(registry._items))
     monkeypatch.setattr(plugins, "_LOADED", dict(plugins._LOADED))
     monkeypatch.setattr(plugins, "_METHOD_OWNER", dict(plugins._METHOD_OWNER))
+    from torch_fidelity import registry as fidelity_registry
+
+    from bench.metrics import extractors
+
+    saved = [
+        (table, dict(table))
+        for table in (extractors.FEATURE_NETWORKS, fidelity_registry.FEATURE_EXTRACTORS_REGISTRY)
+    ]
+    yield
+    for table, content in saved:  # module-level tables imported by name elsewhere
+        table.clear()
+        table.update(content)
+    extractors.feature_network.cache_clear()
 
 
 def run_cli(tmp_path: Path, *args: str) -> tuple[int, Path]:
@@ -310,3 +323,77 @@ def test_entry_point_plugins(tmp_path: Path) -> None:
     assert "GENBENCH_NO_PLUGINS=1" in failed.stderr
     skipped = _genbench(["list", "methods"], broken, GENBENCH_NO_PLUGINS="1")
     assert skipped.returncode == 0 and "ddpm" in skipped.stdout
+
+
+NETWORK_PLUGIN = """
+import torch
+from bench.metrics.extractors import register_feature_network
+
+
+def build():
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(64, 16), torch.nn.Tanh())
+    class Net(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.net = net
+        def forward(self, x):
+            return self.net(x.float() / 255.0)
+    return Net()
+
+
+register_feature_network("tiny-net", build, input_shape=(1, 8, 8))
+"""
+
+
+def test_plugin_feature_network_scores_runs_and_samples(tmp_path: Path, capsys) -> None:
+    """A plug-in's own backbone (torch-fidelity's register_feature_extractor, our way):
+    a run and `genbench score` of the same samples give the same FID through it, the
+    result names it and its weights' sha256; a shape it does not take is refused."""
+    plugin = tmp_path / "net.py"
+    plugin.write_text(NETWORK_PLUGIN)
+    code, out = run_cli(
+        tmp_path,
+        "--include",
+        str(plugin),
+        "--methods",
+        "independent-pixels",
+        "--extractor",
+        "tiny-net",
+        "--no-report",
+    )
+    assert code == 0
+    run_dir = out / "smoke" / "digits" / "independent-pixels" / "seed-0"
+    scores = json.loads((run_dir / "result.json").read_text())["metrics"]["fidelity"]
+    assert scores["settings"]["extractor"] == "tiny-net"
+    assert len(scores["settings"]["weights_sha256"]) == 64
+    samples = tmp_path / "s.npz"
+    assert main(["sample", "--run", str(run_dir), "--out", str(samples)]) == 0
+    capsys.readouterr()
+    args = ["score", "--samples", str(samples), "--dataset", "digits", "--protocol", "smoke"]
+    assert main([*args, "--extractor", "tiny-net", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["fid"] == pytest.approx(scores["fid"], rel=1e-9)
+    assert main(["list", "extractors"]) == 0
+    assert "tiny-net               for any data (plug-in)" in capsys.readouterr().out
+    code, _ = run_cli(tmp_path / "x", "--methods", "real-data", "--extractor", "tiny-net",
+                      "--dataset", "mnist5k")  # fmt: skip
+    assert code == 2
+    assert "takes 1x8x8 images; this data has 1x28x28" in capsys.readouterr().err
+
+
+def test_sweep_workers_load_the_plugin(tmp_path: Path) -> None:
+    """A pool sweep runs each run in a worker process from its request file: the request
+    carries the plug-in, so the worker loads it too."""
+    out = tmp_path / "runs"
+    code = main(
+        [
+            "sweep", "--executor", "pool", "--workers", "1", "--protocol", "smoke",
+            "--device", "cpu", "--out", str(out), "--include", str(EXAMPLE),
+            "--methods", "pixel-mixture", "--set", "train.budget_images=128", "--no-report",
+        ]
+    )  # fmt: skip
+    assert code == 0
+    run_dir = out / "smoke" / "digits" / "pixel-mixture" / "seed-0"
+    request = json.loads((run_dir / "request.json").read_text())
+    assert request["includes"] == [str(EXAMPLE)]
+    assert json.loads((run_dir / "result.json").read_text())["status"] == "ok"

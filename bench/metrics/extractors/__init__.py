@@ -104,6 +104,95 @@ for _info in (*DOMAIN_EXTRACTORS.values(), INCEPTION):
     register_extractor(_info.name)(_info)
 
 
+@dataclasses.dataclass(frozen=True)
+class FeatureNetwork(ExtractorInfo):
+    """A feature network registered by a plug-in (:func:`register_feature_network`)."""
+
+    build: Any = None  # () -> nn.Module: uint8 (N, C, H, W) -> (N, d) features
+    #: (C, H, W) the network takes, or None for any shape
+    input_shape: tuple[int, int, int] | None = None
+
+
+#: name -> the plug-in feature networks
+FEATURE_NETWORKS: dict[str, FeatureNetwork] = {}
+PLUGIN_FEATURES = "features"
+
+
+def register_feature_network(
+    name: str,
+    build: Any,
+    *,
+    datasets: tuple[str, ...] = (),
+    input_shape: tuple[int, int, int] | None = None,
+) -> FeatureNetwork:
+    """Register a feature network for FID / KID / precision-recall (a plug-in's own backbone,
+    as torch-fidelity's ``register_feature_extractor``): ``build()`` returns a module that
+    maps uint8 images (N, C, H, W) in 0..255 to (N, d) features. It is built once, frozen, in
+    eval mode; results record the sha256 of its weights. ``datasets``: the datasets it is
+    the default extractor of; ``input_shape``: the image shape it takes (checked before a
+    study), None for any."""
+    if not callable(build):
+        raise GenbenchError(f"feature network {name!r}: build must be a callable")
+    info = FeatureNetwork(name, tuple(datasets), None, False, build, input_shape)
+    register_extractor(name)(info)
+    FEATURE_NETWORKS[name] = info
+    if name not in FEATURE_EXTRACTORS_REGISTRY:
+        cls = type(
+            f"FidelityNetwork_{len(FEATURE_EXTRACTORS_REGISTRY)}",
+            (_PluginFidelityExtractor,),
+            {"network_name": name},
+        )
+        register_feature_extractor(name, cls)
+    return info
+
+
+@cache
+def feature_network(name: str) -> tuple[nn.Module, str]:
+    """A plug-in feature network, built and frozen, and the sha256 of its weights."""
+    info = FEATURE_NETWORKS[name]
+    try:
+        module = info.build()
+    except Exception as exc:
+        line = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise GenbenchError(
+            f"feature network {name!r} failed to build: {exc.__class__.__name__}: {line}"
+        ) from None
+    if not isinstance(module, nn.Module):
+        raise GenbenchError(f"feature network {name!r}: build() returned no nn.Module")
+    module.eval().requires_grad_(False)
+    digest = hashlib.sha256(name.encode())
+    for key, tensor in sorted(module.state_dict().items()):
+        digest.update(key.encode())
+        digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+    return module, digest.hexdigest()
+
+
+def check_feature_network(name: str, shape: tuple[int, int, int]) -> None:
+    """Build a plug-in network and run it on two images of ``shape``: (2, d) finite floats."""
+    info = FEATURE_NETWORKS[name]
+    if info.input_shape is not None and tuple(info.input_shape) != tuple(shape):
+        raise GenbenchError(
+            f"feature network {name!r} takes {'x'.join(map(str, info.input_shape))} images; "
+            f"this data has {'x'.join(map(str, shape))}"
+        )
+    module = feature_network(name)[0]
+    try:
+        with torch.no_grad():
+            out = module(torch.zeros(2, *shape, dtype=torch.uint8))
+    except Exception as exc:
+        line = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise GenbenchError(
+            f"feature network {name!r} fails on {'x'.join(map(str, shape))} images: "
+            f"{exc.__class__.__name__}: {line}"
+        ) from None
+    if not isinstance(out, Tensor) or out.ndim != 2 or len(out) != 2:
+        raise GenbenchError(
+            f"feature network {name!r} returned {getattr(out, 'shape', type(out))}, not (N, d)"
+        )
+    if not out.dtype.is_floating_point or not bool(torch.isfinite(out).all()):
+        raise GenbenchError(f"feature network {name!r} returned non-finite or non-float features")
+
+
 def default_extractor(dataset: str, file_dataset: bool = False) -> str:
     for name in EXTRACTORS.names():
         if dataset in EXTRACTORS.get(name).datasets:
@@ -248,7 +337,11 @@ def torch_fidelity_builtin(name: str) -> bool:
 
 
 def validate_extractor(
-    extractor: str, dataset: str, feature_weights: str | None, file_spec: Any = None
+    extractor: str,
+    dataset: str,
+    feature_weights: str | None,
+    file_spec: Any = None,
+    shape: tuple[int, int, int] | None = None,
 ) -> None:
     """Check an extractor choice before the first run, so that a bad one costs nothing.
 
@@ -257,6 +350,12 @@ def validate_extractor(
     with --feature-weights are loaded now (weights_only=True) and fitted into the network,
     so a missing, garbage or code-carrying file fails here in one line."""
     info: ExtractorInfo = EXTRACTORS.get(extractor)
+    if extractor in FEATURE_NETWORKS:
+        if feature_weights is not None:
+            raise GenbenchError(f"--feature-weights applies to {INCEPTION.name} only")
+        if shape is not None:
+            check_feature_network(extractor, shape)
+        return
     if extractor in DOMAIN_EXTRACTORS and file_spec is not None:
         # a user's own data (``file_spec``: its DataSpec): a domain classifier the user named
         # scores it when the images have the classifier's input shape
@@ -318,6 +417,35 @@ class _DomainFidelityExtractor(FeatureExtractorBase):
         feats, logits = self.model(input)
         out = {FEATURES: feats, LOGITS: logits}
         return tuple(out[name].double() for name in self.features_list)
+
+
+class _PluginFidelityExtractor(FeatureExtractorBase):
+    """torch-fidelity adapter around a plug-in feature network (one layer: its output)."""
+
+    network_name = ""
+
+    def __init__(self, name: str, features_list: list[str], **kwargs: Any) -> None:
+        super().__init__(name, features_list)
+        self.model = feature_network(self.network_name)[0]
+
+    @staticmethod
+    def get_provided_features_list() -> tuple[str, ...]:
+        return (PLUGIN_FEATURES,)
+
+    @staticmethod
+    def get_default_feature_layer_for_metric(metric: str) -> str:
+        return PLUGIN_FEATURES
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> Tensor:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor) -> tuple[Tensor, ...]:
+        return (self.model(input).double(),)
 
 
 def _register_in_torch_fidelity() -> None:
