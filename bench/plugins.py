@@ -286,7 +286,14 @@ def check_method_class(name: str, cls: Any) -> None:
             f"method {name!r} declares no capability ({', '.join(CAPABILITIES)}): "
             "no evaluator could score it"
         )
-    if not isinstance(cls.default_hparams.__func__(cls, _probe_spec()), dict):  # type: ignore[attr-defined]
+    try:
+        defaults = cls.default_hparams(_probe_spec())
+    except Exception as exc:  # noqa: BLE001 - the plug-in's own bug, in one line
+        line = (str(exc).strip().splitlines() or [""])[0][:160]
+        raise GenbenchError(
+            f"method {name!r}: default_hparams failed: {exc.__class__.__name__}: {line}"
+        ) from None
+    if not isinstance(defaults, dict):
         raise GenbenchError(f"method {name!r}: default_hparams must return a dict")
 
 
