@@ -460,8 +460,8 @@ def cmd_list(args: argparse.Namespace) -> int:
         lines.append("feature extractors:")
         for name in EXTRACTORS.names():
             info = EXTRACTORS.get(name)
-            plugin = " (plug-in)" if getattr(info, "build", None) is not None else ""
-            lines.append(f"  {name:<22} for {', '.join(info.datasets) or 'any data'}{plugin}")
+            marker = " (plug-in)" if getattr(info, "build", None) is not None else ""
+            lines.append(f"  {name:<22} for {', '.join(info.datasets) or 'any data'}{marker}")
     if args.what in ("all", "protocols"):
         lines.append("protocols:")
         for name in protocol_names():
