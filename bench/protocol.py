@@ -54,6 +54,13 @@ class EvalSettings:
     knn_temperature: float = 0.07
     #: images per timed sampling call for sample throughput
     throughput_sample_batch: int = 100
+    #: learning curve: images seen at which the cheap metrics are scored during training
+    #: (bench/curves.py); empty: no curve
+    at_images: tuple[int, ...] = ()
+    #: samples of FID / KID / precision-recall at a curve point
+    curve_fid_samples: int = 500
+    #: test images (the first ones) of bits/dim and the probe at a curve point
+    curve_test_images: int = 1000
 
 
 @dataclasses.dataclass(frozen=True)
@@ -122,7 +129,12 @@ SETTING_RANGES: dict[str, tuple[Any, ...]] = {
     "knn_k": (1, None),
     "knn_temperature": (0, None, "(]"),
     "throughput_sample_batch": (1, None),
+    "at_images": (1, MAX_IMAGES),
+    "curve_fid_samples": (2, None),
+    "curve_test_images": (2, None),
 }
+#: list settings that may be empty
+EMPTY_OK = frozenset({"at_images"})
 
 
 def protocol_names() -> list[str]:
@@ -261,12 +273,17 @@ def _check_type(key: str, value: Any, field: dataclasses.Field[Any], where: str)
     kind = str(field.type)
     if kind.startswith("tuple"):
         if isinstance(value, str):
-            value = [v.strip() for v in value.split(",") if v.strip()]
+            text = value.strip()
+            if text[:1] == "[" and text[-1:] == "]":
+                text = text[1:-1]
+            value = [v.strip() for v in text.split(",") if v.strip()]
         if not isinstance(value, (list, tuple)):
             raise GenbenchError(f"{where}: {key} must be a list of numbers, got {_short(value)}")
-        if not value:
+        if not value and key not in EMPTY_OK:
             raise GenbenchError(f"{where}: {key} must not be empty")
-        value = tuple(_number(key, v, "float", where, "a list of numbers") for v in value)
+        item = "int" if kind.startswith("tuple[int") else "float"
+        noun = "a list of integers" if item == "int" else "a list of numbers"
+        value = tuple(_number(key, v, item, where, noun) for v in value)
     else:
         value = _number(key, value, kind, where)
     return value

@@ -27,6 +27,7 @@ import numpy as np
 import torch
 
 from bench import distributed, plugins
+from bench.curves import Curve
 from bench.data import ImageData, load_dataset
 from bench.errors import GenbenchError
 from bench.evaluators import EvalContext, Evaluator, evaluators_for
@@ -321,7 +322,7 @@ def run_config(spec: RunSpec, study: Study) -> dict[str, Any]:
     config = train_config(spec, study)
     protocol = dict(config["protocol"])
     protocol["train"] = dataclasses.asdict(spec.protocol.train)
-    protocol["eval"] = dataclasses.asdict(spec.protocol.eval)
+    protocol["eval"] = eval_config(spec.protocol.eval)
     protocol["dataset"] = spec.protocol.dataset
     config["protocol"] = protocol
     config["extractor"] = study.extractor
@@ -329,6 +330,18 @@ def run_config(spec: RunSpec, study: Study) -> dict[str, Any]:
         config["feature_weights_sha256"] = study.feature_weights_sha
     config["train_hash"] = config_hash(train_config(spec, study))
     return config
+
+
+def eval_config(settings: Any) -> dict[str, Any]:
+    """The evaluation settings a result depends on: the curve's only when it has points (so
+    results without a curve keep the hash they had before curves existed)."""
+    from bench.curves import CURVE_KEYS
+
+    values = dataclasses.asdict(settings)
+    if not values.get("at_images"):
+        for key in CURVE_KEYS:
+            values.pop(key, None)
+    return values
 
 
 def config_hash(config: dict[str, Any]) -> str:
@@ -528,6 +541,19 @@ def execute_run(
             method.prepare(data.images("train"), data.labels("train"), data.images("test"))
             distributed.broadcast_module(method)  # the same weights on every rank
             outcome = None
+            curve = None
+            if method.trainable and spec.protocol.eval.at_images:
+                curve = Curve(
+                    method,
+                    data,
+                    spec.protocol.eval,
+                    spec.seed,
+                    device,
+                    study.extractor,
+                    study.feature_weights,
+                    study.precision,
+                    spec.protocol.train.budget_images,
+                )
             if method.trainable and spec.protocol.train.budget_images > 0:
                 outcome = train(
                     method,
@@ -543,13 +569,18 @@ def execute_run(
                     identity,
                     study.channels_last,
                     study.compile,
+                    curve,
                 )
             timings["train_wall_s"] = time.perf_counter() - started
+            if curve is not None:
+                timings["curve_eval_s"] = curve.eval_seconds
             method.eval()
             metrics = evaluate(method, spec, study, outcome, digest)
             timings["eval_wall_s"] = time.perf_counter() - started - timings["train_wall_s"]
         if metrics is None:
             return None
+        if curve is not None:
+            metrics["curve"] = curve.points
         metrics["throughput"]["peak_memory_mb"] = memory.peak_mb
         metrics["throughput"]["peak_memory_kind"] = memory.kind
     except Diverged as exc:

@@ -276,6 +276,7 @@ def train(
     identity: dict[str, Any] | None = None,
     channels_last: bool = False,
     compile: bool = False,
+    curve: Any = None,
 ) -> TrainOutcome:
     """Train ``method`` on ``images`` (float, [0, 1]) until ``settings.budget_images``.
 
@@ -283,7 +284,9 @@ def train(
     resumed. ``identity`` (method, dataset, protocol, seed) names the run: a checkpoint of
     another run is refused. Under torchrun each rank trains on its share of every global
     batch (see :mod:`bench.distributed`); images seen count the whole global batch.
-    ``channels_last`` and ``compile`` are the GPU fast paths of :func:`prepare_fast_paths`."""
+    ``channels_last`` and ``compile`` are the GPU fast paths of :func:`prepare_fast_paths`.
+    ``curve`` (:class:`bench.curves.Curve`): score the learning curve's points as training
+    crosses them; the series is kept in the checkpoint."""
     budget = settings.budget_images
     dist_info = distributed.current()
     if dist_info.enabled and settings.batch_size % dist_info.world_size:
@@ -294,6 +297,7 @@ def train(
     distributed.sync_batchnorm(method, device)
     ema = EMA(method, method.ema_decay) if method.ema_decay else None
     images_seen, step = 0, 0
+    train_seconds = 0.0  # in training steps only: what a learning curve's wall axis counts
     checkpoint = run_dir / CHECKPOINT_FILE if run_dir else None
     state = None
     if checkpoint is not None:
@@ -306,6 +310,9 @@ def train(
         if ema and state.get("ema"):
             ema.shadow = state["ema"]
         images_seen, step = state["images_seen"], state["step"]
+        train_seconds = float(state.get("train_seconds") or 0.0)
+        if curve is not None:
+            curve.restore(state.get("curve"))
         torch.set_rng_state(state["rng_cpu"])
         if device.type == "cuda" and state.get("rng_cuda") is not None:
             torch.cuda.set_rng_state(state["rng_cuda"], device)
@@ -345,9 +352,11 @@ def train(
                 channels_last,
             )
             timer.start()
+            tick = time.perf_counter()
             losses, used = optimisation.step(batches, step)
             used *= dist_info.world_size
             timer.stop(used)
+            train_seconds += time.perf_counter() - tick
             losses = distributed.all_reduce_mean(losses, device)
             for key, value in losses.items():
                 if not math.isfinite(value):
@@ -357,6 +366,13 @@ def train(
             kill_point("train-step")
             if ema:
                 ema.update(method)
+            if curve is not None and curve.due(images_seen):
+                curve.record(images_seen, step, train_seconds, ema)
+                if dist_info.is_main and checkpoint is not None and images_seen < budget:
+                    # the point is kept: a kill from here on does not score it again
+                    _save(checkpoint, method, ema, images_seen, step, timer, **save,
+                          curve=curve, train_seconds=train_seconds)  # fmt: skip
+                    last_save = time.monotonic()
             bar.update(used)
             heartbeat.beat(
                 "%s: %s/%s images, step %d, %s",
@@ -372,13 +388,15 @@ def train(
             due_time = time.monotonic() - last_save >= CHECKPOINT_EVERY_S
             if (due_images or due_time) and dist_info.is_main and checkpoint is not None:
                 tick = time.perf_counter()
-                _save(checkpoint, method, ema, images_seen, step, timer, **save)
+                _save(checkpoint, method, ema, images_seen, step, timer, **save,
+                      curve=curve, train_seconds=train_seconds)  # fmt: skip
                 saves, save_seconds = saves + 1, save_seconds + time.perf_counter() - tick
                 next_checkpoint = _next_multiple(images_seen, settings.checkpoint_every_images)
                 last_save = time.monotonic()
     if checkpoint is not None and images_seen > resumed_from and dist_info.is_main:
         tick = time.perf_counter()
-        _save(checkpoint, method, ema, images_seen, step, timer, **save)
+        _save(checkpoint, method, ema, images_seen, step, timer, **save,
+              curve=curve, train_seconds=train_seconds)  # fmt: skip
         saves, save_seconds = saves + 1, save_seconds + time.perf_counter() - tick
     if ema:
         ema.copy_to(method)
@@ -425,6 +443,8 @@ def _save(
     device: torch.device,
     resume_key: str,
     identity: dict[str, Any] | None,
+    curve: Any = None,
+    train_seconds: float = 0.0,
 ) -> None:
     """Write the checkpoint atomically: temp file, fsync, rename (a kill at any point leaves
     the previous checkpoint or the new one, never half of one)."""
@@ -440,6 +460,8 @@ def _save(
         "timer": {"images": timer.images, "seconds": timer.seconds},
         "rng_cpu": torch.get_rng_state(),
         "rng_cuda": torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        "train_seconds": train_seconds,
+        "curve": curve.state() if curve is not None else None,
     }
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")

@@ -372,3 +372,26 @@ def test_folder_and_npz_datasets_give_identical_results(
     ):
         assert fid_a["fid"] == fid_b["fid"], method
         assert ll_a == ll_b, method
+
+
+def test_unlabeled_npz_skips_the_probe_and_needs_an_extractor(
+    tmp_path: Path, isolated_registries, capsys
+) -> None:
+    data = load_dataset("digits")
+    images = fidelity.levels_to_uint8(data.levels("train")[:400], 17).numpy()[:, 0]
+    npz = tmp_path / "unlabeled.npz"
+    np.savez(npz, images=images)
+    runs = tmp_path / "runs"
+    base = ["run", "--protocol", "smoke", "--device", "cpu", "--out", str(runs), "--no-report"]
+    assert main([*base, "--dataset", f"npz:{npz}", "--methods", "raw-pixels"]) == 2
+    assert "name the feature extractor for FID with --extractor" in capsys.readouterr().err
+    assert not runs.exists()
+    args = [*base, "--dataset", f"npz:{npz}", "--extractor", "digits-cnn"]
+    assert main([*args, "--methods", "raw-pixels,real-data"]) == 0
+    folder = runs / "smoke" / "unlabeled"
+    raw = json.loads((folder / "raw-pixels/seed-0/result.json").read_text())
+    assert "probe" not in raw["metrics"]  # no labels: no linear probe
+    assert raw["config"]["dataset"]["files"]["labeled"] is False
+    real = json.loads((folder / "real-data/seed-0/result.json").read_text())
+    assert real["metrics"]["fidelity"]["settings"]["extractor"] == "digits-cnn"
+    assert main(["report", "--runs", str(runs)]) == 0
