@@ -194,7 +194,16 @@ def build_parser() -> argparse.ArgumentParser:
         type=Path,
         default=None,
         metavar="README.md",
-        help="also paste the leaderboard between the README's excerpt markers",
+        help="also paste the leaderboard between the README's excerpt markers (writes md)",
+    )
+    rep.add_argument(
+        "--format",
+        dest="formats",
+        type=_report_formats,
+        default=None,
+        metavar="FMT[,FMT]",
+        help="what to write: md, csv, html (one self-contained page), latex (leaderboard.tex, "
+        "a booktabs tabular); default md,csv,html",
     )
 
     cmp = commands.add_parser(
@@ -238,6 +247,50 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="comma-separated: compare only these methods' rows (and their variants)",
     )
+
+    cm = commands.add_parser(
+        "compare-methods",
+        help="is A better than B? paired 95%% intervals over seeds (bench/stats.py)",
+        description="A - B for every ranked metric both rows have: paired over the seeds both "
+        "have (Student t, 95%%); with fewer than 2 common seeds, FID and KID by a bootstrap "
+        "over each run's evaluation samples. Verdict: 'A better', 'B better' or 'not "
+        "distinguishable' (the interval contains 0).",
+    )
+    cm.add_argument("a", metavar="A", help="a method (or sampler-variant row) of the study")
+    cm.add_argument("b", metavar="B", help="another one")
+    cm.add_argument(
+        "--study",
+        type=Path,
+        required=True,
+        help="folder of result files of one protocol and dataset, e.g. runs/quick/digits",
+    )
+    cm.add_argument(
+        "--metrics", default=None, help="comma-separated columns or bases (fid, bpd; default all)"
+    )
+    cm.add_argument(
+        "--bootstrap",
+        type=_positive_int,
+        default=200,
+        help="resamples of the one-seed bootstrap (default 200)",
+    )
+    cm.add_argument("--seed", type=_seed_arg, default=0, help="seed of the bootstrap (default 0)")
+    cm.add_argument("--device", default="cpu", help="where the bootstrap redraws samples (cpu)")
+    cm.add_argument("--data-root", type=Path, default=None)
+    cm.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _include_option(cm)
+
+    cor = commands.add_parser(
+        "correlate",
+        help="rank agreement of two studies per metric (Spearman, Kendall, swapped pairs)",
+    )
+    cor.add_argument("study_a", type=Path, metavar="STUDY_A", help="e.g. runs/quick/digits")
+    cor.add_argument("study_b", type=Path, metavar="STUDY_B", help="e.g. runs/standard/digits")
+    cor.add_argument(
+        "--metrics", default=None, help="comma-separated columns or bases (default all)"
+    )
+    cor.add_argument("--out", type=Path, default=None, help="also write FILE.md or FILE.csv")
+    cor.add_argument("--json", action="store_true", help="print JSON instead of a table")
+    _include_option(cor)
 
     sc = commands.add_parser(
         "score",
@@ -360,6 +413,8 @@ def main(argv: list[str] | None = None) -> int:
             "train": cmd_train,
             "report": cmd_report,
             "compare": cmd_compare,
+            "compare-methods": cmd_compare_methods,
+            "correlate": cmd_correlate,
             "sweep": cmd_sweep,
             "doctor": cmd_doctor,
         }[args.command](args)
@@ -593,9 +648,22 @@ def cmd_train(args: argparse.Namespace) -> int:
         distributed.shutdown()
 
 
-def cmd_report(args: argparse.Namespace) -> int:
-    from bench.report import write_leaderboard
+def _report_formats(text: str) -> tuple[str, ...]:
+    """argparse type of ``report --format``: "md,latex" -> ("md", "latex")."""
+    from bench.report import parse_formats
 
+    try:
+        return parse_formats(text)
+    except GenbenchError as exc:
+        raise argparse.ArgumentTypeError(str(exc)) from None
+
+
+def cmd_report(args: argparse.Namespace) -> int:
+    from bench.report import DEFAULT_FORMATS, FORMATS, write_leaderboard
+
+    formats = tuple(getattr(args, "formats", None) or DEFAULT_FORMATS)
+    if args.readme and "md" not in formats:  # the README's excerpt is the markdown table
+        formats = (*formats, "md")
     if not args.runs.is_dir():
         raise GenbenchError(f"results folder {args.runs} does not exist")
     out = args.out if args.out is not None else args.runs / LEADERBOARDS
@@ -614,8 +682,9 @@ def cmd_report(args: argparse.Namespace) -> int:
             [args.dataset] if args.dataset else sorted(d.name for d in base.iterdir() if d.is_dir())
         )
         for dataset in datasets:
-            folder = write_leaderboard(args.runs, protocol, dataset, out)
-            print(f"leaderboard: {folder / 'leaderboard.md'}")
+            folder = write_leaderboard(args.runs, protocol, dataset, out, formats)
+            for fmt in formats:
+                print(f"leaderboard: {folder / FORMATS[fmt]}")
             written += 1
             if args.readme:
                 from bench.report import paste_excerpt
@@ -763,6 +832,48 @@ def cmd_dataset(args: argparse.Namespace) -> int:
     )
     for key, value in sorted(data.meta.items()):
         print(f"  {key}: {value}")
+    return 0
+
+
+def cmd_compare_methods(args: argparse.Namespace) -> int:
+    """``genbench compare-methods A B --study DIR``: see bench/stats.py."""
+    from bench import stats
+
+    items = stats.compare_methods(
+        args.study,
+        args.a,
+        args.b,
+        args.metrics,
+        args.bootstrap,
+        args.seed,
+        args.device,
+        args.data_root,
+    )
+    if args.json:
+        print(stats.comparisons_json(args.study, args.a, args.b, items))
+    else:
+        print(stats.comparisons_markdown(args.a, args.b, items))
+    return 0
+
+
+def cmd_correlate(args: argparse.Namespace) -> int:
+    """``genbench correlate STUDY_A STUDY_B``: see bench/stats.py."""
+    from bench import stats
+    from bench.results import write_text_atomic
+
+    if args.out is not None and args.out.suffix not in (".md", ".csv"):
+        raise GenbenchError(f"--out {args.out}: give a .md or .csv file")
+    items = stats.correlate(args.study_a, args.study_b, args.metrics)
+    markdown = stats.agreements_markdown(args.study_a, args.study_b, items)
+    if args.out is not None:
+        if args.out.suffix == ".csv":
+            write_text_atomic(args.out, stats.agreements_csv(items))
+        else:
+            write_text_atomic(args.out, markdown)
+    if args.json:
+        print(stats.agreements_json(args.study_a, args.study_b, items))
+    else:
+        print(markdown, end="")
     return 0
 
 

@@ -244,6 +244,8 @@ def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
     by_method: dict[str, list[RunResult]] = {}
     rows: dict[str, list[dict[str, Any]]] = {}
     owner: dict[str, str] = {}
+    #: {row: {column: {seed: value}}}: what shared_ranks pairs over (not a table column)
+    per_seed: dict[str, dict[str, dict[int, float]]] = {}
     for result in results:
         by_method.setdefault(result.method, []).append(result)
         rows.setdefault(result.method, [])
@@ -252,6 +254,7 @@ def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
             for name, row in flatten_rows(result):
                 rows.setdefault(name, []).append(row)
                 owner[name] = result.method
+                _keep_seed(per_seed.setdefault(name, {}), result.seed, row)
     records = []
     order = {name: i for i, name in enumerate(rows)}  # variants keep the method's order
     for name, flat in sorted(rows.items(), key=lambda kv: (owner[kv[0]], order[kv[0]])):
@@ -281,16 +284,41 @@ def aggregate(results: Iterable[RunResult]) -> pd.DataFrame:
     table = pd.DataFrame.from_records(records)
     for column in metric_columns(table) if len(table) else []:
         if direction(column):
-            table[f"{column}_rank"] = shared_ranks(table, column)
+            table[f"{column}_rank"] = shared_ranks(table, column, per_seed)
     return table
 
 
-def shared_ranks(table: pd.DataFrame, column: str) -> list[int | None]:
-    """Rank by the metric's direction; methods whose 95% intervals overlap share a rank:
-    a method's rank is 1 + the number of methods whose interval lies wholly better."""
-    sign = -1.0 if direction(column) == "higher" else 1.0
+def _keep_seed(columns: dict[str, dict[int, float]], seed: int, row: dict[str, Any]) -> None:
+    """Record one run's values of one row, {column: {seed: value}}, for shared_ranks."""
+    for name, value in row.items():
+        if name != "bpd_is_bound" and value is not None and not isinstance(value, bool):
+            columns.setdefault(name, {})[seed] = float(value)
+
+
+def shared_ranks(
+    table: pd.DataFrame,
+    column: str,
+    per_seed: dict[str, dict[str, dict[int, float]]] | None = None,
+) -> list[int | None]:
+    """Rank by the metric's direction; methods not distinguishable from each other share a
+    rank: a method's rank is 1 + the number of methods wholly better than it.
+
+    "Wholly better" is the test of ``genbench compare-methods`` (:func:`bench.stats.
+    wholly_better`): when two rows share at least 2 seeds with a value (``per_seed``:
+    {row: {column: {seed: value}}}, kept by :func:`aggregate`), the 95% Student-t interval
+    of their paired difference over those seeds excludes 0 on the better side. Fallback,
+    for rows sharing fewer than 2 seeds (or without ``per_seed``): the unpaired rule, one
+    row's 95% interval (mean ± ``_ci95``; a single seed is its mean) lies wholly on the
+    better side of the other's."""
+    from bench.stats import wholly_better
+
+    sense = direction(column)
+    sign = -1.0 if sense == "higher" else 1.0
     bounds: list[tuple[float, float] | None] = []
+    seeds: list[dict[int, float]] = []
     for _, row in table.iterrows():
+        values = (per_seed or {}).get(str(row["method"]), {}).get(column, {})
+        seeds.append(values)
         mean = row.get(f"{column}_mean")
         if mean is None or pd.isna(mean):
             bounds.append(None)
@@ -298,12 +326,21 @@ def shared_ranks(table: pd.DataFrame, column: str) -> list[int | None]:
         half = row.get(f"{column}_ci95")
         half = 0.0 if half is None or pd.isna(half) else float(half)
         bounds.append((sign * float(mean) - half, sign * float(mean) + half))  # lower is better
+
+    def better(other: int, own: int) -> bool:
+        paired = wholly_better(seeds[other], seeds[own], sense)
+        if paired is not None:
+            return paired
+        high, low = bounds[other], bounds[own]
+        return high is not None and low is not None and high[1] < low[0]
+
     ranks: list[int | None] = []
-    for own in bounds:
+    for index, own in enumerate(bounds):
         if own is None:
             ranks.append(None)
             continue
-        ranks.append(1 + sum(1 for other in bounds if other is not None and other[1] < own[0]))
+        wins = sum(1 for other, seen in enumerate(bounds) if seen and better(other, index))
+        ranks.append(1 + wins)
     return ranks
 
 
@@ -393,8 +430,18 @@ def html_page(title: str, body: str) -> str:
     )
 
 
-def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root: Path) -> Path:
-    """Aggregate ``results_root/<protocol>/<dataset>`` into ``out_root/<protocol>-<dataset>/``."""
+def write_leaderboard(
+    results_root: Path,
+    protocol: str,
+    dataset: str,
+    out_root: Path,
+    formats: Iterable[str] | None = None,
+) -> Path:
+    """Aggregate ``results_root/<protocol>/<dataset>`` into ``out_root/<protocol>-<dataset>/``:
+    ``leaderboard.md``, ``.csv``, ``.html`` (one self-contained page: :mod:`bench.report_html`)
+    and ``.tex`` (a booktabs tabular): those of ``formats`` (:data:`FORMATS`; default
+    :data:`DEFAULT_FORMATS`)."""
+    formats = parse_formats(DEFAULT_FORMATS if formats is None else formats)
     for kind, name in (("protocol", protocol), ("dataset", dataset)):
         if not SAFE_NAME.fullmatch(name):
             raise GenbenchError(f"{kind} name {name!r} is not a plain name ([A-Za-z0-9._-])")
@@ -404,8 +451,39 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
     versions = sorted({int(r.protocol.get("version", 0)) for r in results})
     folder = out_root / f"{protocol}-{dataset}"
     folder.mkdir(parents=True, exist_ok=True)
-    write_text_atomic(folder / "leaderboard.csv", table.to_csv(index=False, float_format="%.6g"))
+    if "csv" in formats:
+        write_text_atomic(
+            folder / "leaderboard.csv", table.to_csv(index=False, float_format="%.6g")
+        )
     shown = display_table(table)
+    grids = copy_sample_grids(results, folder / "samples") if {"md", "html"} & set(formats) else []
+    plots: list[Path] = []
+    if "plots" in formats:  # compute-normalised plots (bench/plots.py), PNG and SVG
+        from bench.plots import write_plots
+
+        plots = [p for p in write_plots(results, table, folder / "plots") if p.suffix == ".png"]
+    if "md" in formats:
+        _write_markdown(folder, protocol, dataset, versions, table, shown, grids, plots)
+    if "html" in formats:
+        from bench.report_html import leaderboard_html, page_data
+
+        page = leaderboard_html(page_data(table, results, folder, grids, plots=plots))
+        write_text_atomic(folder / "leaderboard.html", page)
+    if "latex" in formats:
+        write_text_atomic(folder / "leaderboard.tex", latex_table(table, protocol, dataset))
+    return folder
+
+
+def _write_markdown(
+    folder: Path,
+    protocol: str,
+    dataset: str,
+    versions: list[int],
+    table: pd.DataFrame,
+    shown: pd.DataFrame,
+    grids: list[tuple[str, str]],
+    plots: list[Path] | None = None,
+) -> None:
     header = (
         f"# Leaderboard: protocol `{protocol}` (version {', '.join(map(str, versions))}), "
         f"dataset `{dataset}`\n\n"
@@ -420,7 +498,6 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
             "(`genbench score --as`): same extractor, reference and settings, but not trained "
             "under this protocol.\n\n"
         )
-    grids = copy_sample_grids(results, folder / "samples")
     gallery = "".join(
         f"\n**{_md_text(method)}**\n\n![{_md_text(method)}](samples/{file})\n"
         for method, file in grids
@@ -430,23 +507,13 @@ def write_leaderboard(results_root: Path, protocol: str, dataset: str, out_root:
     markdown_table = shown.copy()
     for column in ("method", "status"):
         markdown_table[column] = markdown_table[column].map(_md_text)
+    figures = "".join(f"\n![{p.stem}](plots/{p.name})\n" for p in plots or [])
+    if figures:
+        figures = "\n## Plots\n" + figures
     write_text_atomic(
-        folder / "leaderboard.md", header + markdown_table.to_markdown(index=False) + "\n" + gallery
+        folder / "leaderboard.md",
+        header + markdown_table.to_markdown(index=False) + "\n" + figures + gallery,
     )
-    html_gallery = "".join(
-        f'<figure><img src="samples/{html.escape(file, quote=True)}" width="160" '
-        f'alt="{html.escape(method, quote=True)}">'
-        f"<figcaption>{html.escape(method, quote=True)}</figcaption></figure>\n"
-        for method, file in grids
-    )
-    body = shown.to_html(index=False, border=0, escape=True)
-    if html_gallery:
-        body += "\n<h2>Samples (first seed)</h2>\n" + html_gallery
-    title = f"Leaderboard: protocol {protocol} (version {', '.join(map(str, versions))}), " + (
-        f"dataset {dataset}"
-    )
-    write_text_atomic(folder / "leaderboard.html", html_page(title, body))
-    return folder
 
 
 def copy_sample_grids(results: list[RunResult], target: Path) -> list[tuple[str, str]]:
@@ -488,3 +555,168 @@ def paste_excerpt(leaderboard: Path, readme: Path) -> None:
     write_text_atomic(
         readme, head + EXCERPT_START + "\n" + "\n".join(rows) + "\n" + EXCERPT_END + tail
     )
+
+
+# --- output formats and LaTeX ------------------------------------------------------------------
+
+#: ``genbench report --format``: format -> the file it writes in the leaderboard folder
+FORMATS = {
+    "md": "leaderboard.md",
+    "csv": "leaderboard.csv",
+    "html": "leaderboard.html",
+    "latex": "leaderboard.tex",
+    "plots": "plots/",
+}
+DEFAULT_FORMATS = ("md", "csv", "html", "plots")
+
+
+def parse_formats(formats: str | Iterable[str]) -> tuple[str, ...]:
+    """``"md,latex"`` (or a list of names) -> ("md", "latex"): known names, each once, in
+    the order given; an unknown or empty list is a :class:`GenbenchError` naming the known."""
+    parts = formats.split(",") if isinstance(formats, str) else list(formats)
+    chosen: list[str] = []
+    for part in (str(p).strip().lower() for p in parts):
+        if not part:
+            continue
+        if part not in FORMATS:
+            raise GenbenchError(
+                f"unknown report format {part!r}: choose from {', '.join(FORMATS)} "
+                "(comma-separated, e.g. md,latex)"
+            )
+        if part not in chosen:
+            chosen.append(part)
+    if not chosen:
+        raise GenbenchError(f"no report format given: choose from {', '.join(FORMATS)}")
+    return tuple(chosen)
+
+
+_LATEX_SPECIAL = {
+    "\\": r"\textbackslash{}",
+    "&": r"\&",
+    "%": r"\%",
+    "$": r"\$",
+    "#": r"\#",
+    "_": r"\_",
+    "{": r"\{",
+    "}": r"\}",
+    "~": r"\textasciitilde{}",
+    "^": r"\textasciicircum{}",
+    "<": r"\textless{}",
+    ">": r"\textgreater{}",
+    "|": r"\textbar{}",
+    "\n": " ",
+    "\r": " ",
+}
+_LATEX_PATTERN = re.compile("|".join(re.escape(c) for c in _LATEX_SPECIAL))
+
+
+def latex_text(text: str) -> str:
+    """Text for a LaTeX table cell: every special character escaped, so a method called
+    ``a_b & 50%`` is printed as such and cannot break the table or run a macro."""
+    return _LATEX_PATTERN.sub(lambda m: _LATEX_SPECIAL[m.group(0)], str(text))
+
+
+_LATEX_ARROWS = {"higher": r" $\uparrow$", "lower": r" $\downarrow$", None: ""}
+
+
+def latex_table(table: pd.DataFrame, protocol: str = "", dataset: str = "") -> str:
+    """A booktabs ``tabular`` of the leaderboard (needs ``\\usepackage{booktabs}``): one row
+    per method, ``$m \\pm s$`` cells (std over seeds), ``n/a``, ``$\\leq$`` before bits/dim
+    that are bounds, arrows in the headers, the best mean of each ranked column in bold. The
+    status column is there only when some run diverged or failed."""
+    metrics = metric_columns(table) if len(table) else []
+    with_status = "status" in table.columns and bool((table["status"] != "ok").any())
+    headings = ["Method"]
+    for name in metrics:
+        base = metric_base(name)
+        declared = declared_column(name) or Column(base, base)
+        title = f"{declared.title}{name[len(base) :]}"
+        headings.append(latex_text(title) + _LATEX_ARROWS[declared.direction])
+    headings.append("Seeds")
+    if with_status:
+        headings.append("Status")
+    best = {name: _best_mean(table, name) for name in metrics}
+    lines = [
+        f"% Leaderboard: protocol {latex_text(protocol)}, dataset {latex_text(dataset)}; "
+        "written by genbench report, do not edit by hand.",
+        "% Needs \\usepackage{booktabs}. Mean $\\pm$ standard deviation over seeds; "
+        "bold: the best mean of the column.",
+        "\\begin{tabular}{l" + "r" * (len(metrics) + 1) + ("l" if with_status else "") + "}",
+        "\\toprule",
+        " & ".join(headings) + " \\\\",
+        "\\midrule",
+    ]
+    for _, row in table.iterrows():
+        name = str(row["method"])
+        if _true(row.get("external")):
+            name += " (external)"
+        cell = latex_text(name)
+        # a row starting with [ would be read as the optional argument of the \\ before it
+        cells = ["{}" + cell if cell.startswith("[") else cell]
+        seeds = int(row.get("seeds", 0) or 0)
+        for metric in metrics:
+            declared = declared_column(metric) or Column(metric_base(metric), metric)
+            mean = _finite_or_none(row.get(f"{metric}_mean"))
+            if mean is None:
+                cells.append("n/a")
+                continue
+            std = _finite_or_none(row.get(f"{metric}_std"))
+            bold = best[metric] is not None and mean == best[metric]
+            cells.append(_latex_number(mean, std, seeds, declared.decimals, bold, row, metric))
+        cells.append(str(seeds))
+        if with_status:
+            cells.append(latex_text(str(row.get("status", ""))))
+        lines.append(" & ".join(cells) + " \\\\")
+    lines += ["\\bottomrule", "\\end{tabular}", ""]
+    return "\n".join(lines)
+
+
+def _latex_number(
+    mean: float,
+    std: float | None,
+    seeds: int,
+    decimals: int,
+    bold: bool,
+    row: pd.Series,
+    metric: str,
+) -> str:
+    def number(value: float) -> str:
+        text = _fmt(value, decimals).replace(",", "{,}")  # thousands: no math-mode space
+        return f"\\mathbf{{{text}}}" if bold else text
+
+    body = number(mean)
+    if seeds > 1 and std is not None:
+        body += f" \\pm {number(std)}"
+    if metric_base(metric) == "bpd" and _true(row.get("bpd_is_bound")):
+        body = "\\leq " + body
+    return f"${body}$"
+
+
+def _best_mean(table: pd.DataFrame, metric: str) -> float | None:
+    """The best mean of a ranked column (by its direction); None for counts."""
+    sense = direction(metric)
+    column = f"{metric}_mean"
+    if sense is None or column not in table.columns:
+        return None
+    values = [v for v in (_finite_or_none(x) for x in table[column]) if v is not None]
+    if not values:
+        return None
+    return max(values) if sense == "higher" else min(values)
+
+
+def _finite_or_none(value: Any) -> float | None:
+    if value is None or isinstance(value, bool):
+        return None
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) else None
+
+
+def _true(value: Any) -> bool:
+    """A true flag; a pandas NaN (a row without the column) is not one."""
+    try:
+        return bool(value) and not (isinstance(value, float) and math.isnan(value))
+    except (TypeError, ValueError):  # pd.NA
+        return False

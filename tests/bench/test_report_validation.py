@@ -258,17 +258,19 @@ def test_method_names_in_html_are_text(tmp_path: Path) -> None:
     page = Page()
     page.feed(page_text)
     tags = [tag for tag, _ in page.tags]
-    assert "svg" not in tags and "b" not in tags and "title" in tags
-    images = [attrs for tag, attrs in page.tags if tag == "img"]
-    assert len(images) == 3  # the three sample grids, and nothing injected
-    assert not any(name.startswith("on") for attrs in images for name in attrs)
-    assert all(attrs["src"].startswith("samples/") for attrs in images)
-    text = "".join(page.text)
-    assert XSS in text and '"><svg onload=alert(2)>' in text and "<b onmouseover=x>" in text
+    # result strings live only in the escaped JSON block: no tag of theirs in the page
+    assert "svg" not in tags and "b" not in tags and "img" not in tags and "title" in tags
+    assert XSS not in page_text and "<svg onload" not in page_text
+    block = page_text.split('<script type="application/json" id="leaderboard-data">', 1)[1]
+    data = json.loads(block.split("</script>", 1)[0])
+    names = {row["method"] for row in data["rows"]}
+    assert {XSS, '"><svg onload=alert(2)>', "ok-method"} <= names
+    assert "<b onmouseover=x>" in json.dumps(data, ensure_ascii=False)
+    # the three sample grids, embedded as data: URIs (no file the page depends on)
+    assert len(data["samples"]) == 3
+    assert all(s["src"].startswith("data:image/png;base64,") for s in data["samples"])
     markdown = (folder / "leaderboard.md").read_text()
     assert "<img" not in markdown and "<svg" not in markdown
-    for attrs in images:  # every link points at a file that was written
-        assert (folder / str(attrs["src"])).is_file()
 
 
 @pytest.mark.parametrize("name", ["../../../x", "a/b", "x\x00y", "..", ".hidden", "/abs/path"])
