@@ -11,6 +11,8 @@
     genbench score --samples DIR|FILE.npz --dataset NAME [--extractor X] [--as NAME]
     genbench sample --run RUN_DIR [--n 1000] --out samples.npz [--steps K]
     genbench dataset add CARD.toml
+    genbench compare-methods A B --study DIR [--bootstrap 200] [--json]
+    genbench correlate STUDY_A STUDY_B [--out FILE.md|.csv]
 
 Every command takes --include PATH (a plug-in file or package folder; repeatable).
 

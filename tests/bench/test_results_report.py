@@ -146,8 +146,10 @@ def test_leaderboard_shows_sample_grids(smoke_study, tmp_path: Path) -> None:
 
 
 def test_overlapping_intervals_share_a_rank() -> None:
+    """Ranks use compare-methods' paired test over common seeds: b's paired differences
+    from a straddle 0, so a and b share rank 1; c is worse on every seed."""
     runs = [make_result("a", s, fid=f) for s, f in enumerate([10.0, 11.0, 12.0])]
-    runs += [make_result("b", s, fid=f) for s, f in enumerate([10.5, 11.5, 12.5])]
+    runs += [make_result("b", s, fid=f) for s, f in enumerate([10.5, 12.5, 11.0])]
     runs += [make_result("c", s, fid=f) for s, f in enumerate([40.0, 41.0, 42.0])]
     runs += [make_result("d", 0, acc=0.5)]
     table = aggregate(runs).set_index("method")
