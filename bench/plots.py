@@ -221,7 +221,11 @@ def plot_fid_vs_nfe(table: pd.DataFrame, folder: Path) -> list[Path]:
         nfe, fid = row.get("nfe_mean"), row.get(column)
         if nfe is None or fid is None or pd.isna(nfe) or pd.isna(fid):
             continue
-        groups[sampler_family(str(row["method"]))].append((float(nfe), float(fid)))
+        name = str(row["method"])
+        settings = name.partition("[")[2]
+        if settings and "steps=" not in settings and "sampler=" not in settings:
+            continue  # a variant that is not a sampler (decoder pixels, guidance weight)
+        groups[sampler_family(name)].append((float(nfe), float(fid)))
     owners = defaultdict(list)
     for family in groups:
         owners[family.split(" ", 1)[0]].append(family)
