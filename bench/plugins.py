@@ -39,7 +39,7 @@ import inspect
 import logging
 import os
 import sys
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from importlib import metadata
 from pathlib import Path
 from typing import Any
@@ -359,12 +359,6 @@ def load_entry_points() -> list[Plugin]:
     return plugins
 
 
-@dataclasses.dataclass
-class _Probe:
-    images: Any
-    labels: Any
-
-
 def check_outputs(name: str, spec: Any, hparams: dict[str, Any], data: Any) -> None:
     """The dynamic half of the interface, for a plug-in method before its study starts:
     build it on the CPU with the study's hyper-parameters, ``prepare`` it on a few train
@@ -442,8 +436,3 @@ def _check_images(out: Any, count: int, shape: tuple[int, ...], what: str) -> No
     low, high = float(values.min()), float(values.max())
     if low < 0 or high > 1:
         raise GenbenchError(f"{what} returned values in [{low:.3g}, {high:.3g}], not in [0, 1]")
-
-
-def iter_methods() -> Iterator[tuple[str, Plugin]]:
-    load_entry_points()
-    yield from _METHOD_OWNER.items()

@@ -421,15 +421,6 @@ def _md_text(text: str) -> str:
     return html.escape(str(text), quote=True).replace("|", "\\|")
 
 
-def html_page(title: str, body: str) -> str:
-    """A complete HTML document: doctype and charset, so the arrows and ± render anywhere."""
-    return (
-        '<!doctype html>\n<html lang="en">\n<head>\n<meta charset="utf-8">\n'
-        f"<title>{html.escape(title, quote=True)}</title>\n</head>\n<body>\n"
-        f"<h1>{html.escape(title, quote=True)}</h1>\n{body}\n</body>\n</html>\n"
-    )
-
-
 def write_leaderboard(
     results_root: Path,
     protocol: str,

@@ -110,30 +110,6 @@ def _flag(value: Any) -> bool:
         return False
 
 
-def _number(value: Any) -> float | None:
-    if value is None or isinstance(value, bool):
-        return None
-    try:
-        number = float(value)
-    except (TypeError, ValueError):
-        return None
-    return number if math.isfinite(number) else None
-
-
-def _best(table: pd.DataFrame, key: str, sense: str | None) -> float | None:
-    """The best mean of a ranked column by its direction; None for counts (params, NFE)."""
-    if sense is None or f"{key}_mean" not in table.columns:
-        return None
-    values = [v for v in map(_number, table[f"{key}_mean"]) if v is not None]
-    if not values:
-        return None
-    return max(values) if sense == "higher" else min(values)
-
-
-def _fmt(value: float, decimals: int) -> str:
-    return f"{value:,.0f}" if decimals == 0 else f"{value:.{decimals}f}"
-
-
 def column_info(name: str) -> dict[str, Any]:
     """A metric column's key, title (without arrow), arrow, direction and decimals."""
     base = metric_base(name)
@@ -155,6 +131,8 @@ def cell_hover(
     mean: float, std: float | None, ci95: float | None, seeds: int, decimals: int
 ) -> str:
     """The hover text of a cell: mean ± std, the 95% interval, the number of seeds."""
+
+    from bench.report import _fmt
 
     def fmt(value: float) -> str:
         return _fmt(value, decimals)
@@ -223,7 +201,7 @@ def page_data(
     """Everything the page shows, as plain JSON data: columns, rows (cells with their text,
     hover text, mean for sorting and rank), families, sample grids, protocol, environment.
     ``grids`` are (method, file under ``folder/samples``) pairs (:func:`copy_sample_grids`)."""
-    from bench.report import display_table, metric_columns
+    from bench.report import _best_mean, _finite_or_none, display_table, metric_columns
 
     metrics = metric_columns(table) if len(table) else []
     columns = [column_info(name) for name in metrics]
@@ -235,7 +213,7 @@ def page_data(
     for result in sorted(results, key=lambda r: r.seed):
         first.setdefault(result.method, result)
     methods = set(first)
-    best = {c["key"]: _best(table, c["key"], c["direction"]) for c in columns}
+    best = {c["key"]: _best_mean(table, c["key"]) for c in columns}
     rows = []
     for index, (_, row) in enumerate(table.iterrows()):
         name = str(row["method"])
@@ -243,11 +221,14 @@ def page_data(
         cells: dict[str, Any] = {}
         for info in columns:
             key = info["key"]
-            mean = _number(row.get(f"{key}_mean"))
+            mean = _finite_or_none(row.get(f"{key}_mean"))
             if mean is None:
                 continue
-            std, ci95 = _number(row.get(f"{key}_std")), _number(row.get(f"{key}_ci95"))
-            rank = _number(row.get(f"{key}_rank"))
+            std, ci95 = (
+                _finite_or_none(row.get(f"{key}_std")),
+                _finite_or_none(row.get(f"{key}_ci95")),
+            )
+            rank = _finite_or_none(row.get(f"{key}_rank"))
             text = str(shown.at[index, headings[key]])  # display_table's cell, as in the .md
             cells[key] = {
                 "text": text,

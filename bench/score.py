@@ -303,15 +303,13 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     scores["settings"]["sampler"] = {"external": True}
     if directory is None:
         return scores, None
-    import dataclasses as dc
-
     config: dict[str, Any] = {
         "external": True,
         "samples": {"path": samples.source, "sha256": samples.sha256, "count": len(images)},
         "protocol": {
             "name": protocol.name,
             "version": protocol.version,
-            "eval": dc.asdict(protocol.eval),
+            "eval": dataclasses.asdict(protocol.eval),
             "dataset": data.spec.name,
         },
         "dataset": {
@@ -339,10 +337,8 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
         config,
         env,
     )
-    assert directory is not None
     written = record_result(result, directory)
-    if len(images) >= 1:
-        from bench.evaluators.fidelity import GRID_FILE, GRID_IMAGES, save_grid
+    from bench.evaluators.fidelity import GRID_FILE, GRID_IMAGES, save_grid
 
-        save_grid(images[:GRID_IMAGES].float() / 255.0, directory / GRID_FILE)
+    save_grid(images[:GRID_IMAGES].float() / 255.0, directory / GRID_FILE)
     return scores, written

@@ -386,66 +386,65 @@ def validate_extractor(
     inception_feature_extractor(["2048"], feature_weights)
 
 
-class _DomainFidelityExtractor(FeatureExtractorBase):
+class _OneModelExtractor(FeatureExtractorBase):
+    """torch-fidelity adapter around one frozen module of ours: its layers are
+    :attr:`layers` (the first one is every metric's), its forward returns them in float64."""
+
+    layers: tuple[str, ...] = ()
+
+    @classmethod
+    def get_provided_features_list(cls) -> tuple[str, ...]:
+        return cls.layers
+
+    @classmethod
+    def get_default_feature_layer_for_metric(cls, metric: str) -> str:
+        return cls.layers[0]
+
+    @staticmethod
+    def can_be_compiled() -> bool:
+        return False
+
+    @staticmethod
+    def get_dummy_input_for_compile() -> Tensor:
+        raise NotImplementedError
+
+    def outputs(self, input: Tensor) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    def forward(self, input: Tensor) -> tuple[Tensor, ...]:
+        out = self.outputs(input)
+        return tuple(out[name].double() for name in self.features_list)
+
+
+class _DomainFidelityExtractor(_OneModelExtractor):
     """torch-fidelity adapter around a shipped domain classifier."""
 
     extractor_name = ""
+    layers = (FEATURES, LOGITS)
 
     def __init__(self, name: str, features_list: list[str], **kwargs: Any) -> None:
         super().__init__(name, features_list)
         self.model = load_domain_classifier(self.extractor_name)[0]
 
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return (FEATURES, LOGITS)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return FEATURES
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, input: Tensor) -> tuple[Tensor, ...]:
+    def outputs(self, input: Tensor) -> dict[str, Tensor]:
         if input.dtype != torch.uint8:
             raise GenbenchError(f"{self.name} expects uint8 images, got {input.dtype}")
         feats, logits = self.model(input)
-        out = {FEATURES: feats, LOGITS: logits}
-        return tuple(out[name].double() for name in self.features_list)
+        return {FEATURES: feats, LOGITS: logits}
 
 
-class _PluginFidelityExtractor(FeatureExtractorBase):
+class _PluginFidelityExtractor(_OneModelExtractor):
     """torch-fidelity adapter around a plug-in feature network (one layer: its output)."""
 
     network_name = ""
+    layers = (PLUGIN_FEATURES,)
 
     def __init__(self, name: str, features_list: list[str], **kwargs: Any) -> None:
         super().__init__(name, features_list)
         self.model = feature_network(self.network_name)[0]
 
-    @staticmethod
-    def get_provided_features_list() -> tuple[str, ...]:
-        return (PLUGIN_FEATURES,)
-
-    @staticmethod
-    def get_default_feature_layer_for_metric(metric: str) -> str:
-        return PLUGIN_FEATURES
-
-    @staticmethod
-    def can_be_compiled() -> bool:
-        return False
-
-    @staticmethod
-    def get_dummy_input_for_compile() -> Tensor:
-        raise NotImplementedError
-
-    def forward(self, input: Tensor) -> tuple[Tensor, ...]:
-        return (self.model(input).double(),)
+    def outputs(self, input: Tensor) -> dict[str, Tensor]:
+        return {PLUGIN_FEATURES: self.model(input)}
 
 
 def _register_in_torch_fidelity() -> None:
