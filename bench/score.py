@@ -298,6 +298,7 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     scores = fidelity.evaluate_uint8_samples(
         images, data, extractor, protocol.eval, request.seed, device, request.feature_weights
     )
+    assert scores is not None  # one process: rank 0's scores
     if labels is not None and extractor in DOMAIN_EXTRACTORS:
         scores["sample_acc"] = fidelity.uint8_classifier_accuracy(images, labels, extractor)
     scores["settings"]["sampler"] = {"external": True}

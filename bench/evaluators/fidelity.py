@@ -3,8 +3,11 @@ and, for class-conditional methods, the domain classifier's accuracy on the samp
 
 Every rank draws its chunks of samples (each chunk from its own generator,
 :func:`bench.seeds.chunk_seed`), quantised to the data's levels as uint8 into a state indexed
-by sample position; the sum across ranks gathers the whole set on rank 0 in the order one
-process draws it, and rank 0 computes FID / KID / PR once, on the whole set.
+by sample position; the sum across ranks gathers the whole set in the order one process draws
+it. Every rank then extracts its share of the features (the batches one process extracts,
+round robin: :func:`bench.metrics.fidelity.extract_features`), the features are gathered the
+same way, and rank 0 computes FID / KID / PR once, on the whole set: the numbers of one
+process, with the drawing and the feature extraction split over the ranks.
 """
 
 from __future__ import annotations
@@ -13,7 +16,7 @@ import math
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from bench.evaluators.base import Chunk, Column, register_evaluator
+from bench.evaluators.base import Chunk, Column, is_main_rank, register_evaluator
 from bench.evaluators.feeds import SampleEvaluator
 
 if TYPE_CHECKING:
@@ -56,6 +59,8 @@ class Fidelity(SampleEvaluator):
         count, shape = self.sample_count(), self.context.data.spec.shape
         self.add_state("images", torch.zeros(count, *shape, dtype=torch.uint8))
         self.add_state("drawn", torch.zeros(count, dtype=torch.float64))
+        #: FID / KID / PR of the gathered samples (rank 0), set by :meth:`run`
+        self._scores: dict[str, Any] | None = None
 
     def update(self, samples: Tensor, labels: Tensor | None, chunk: Chunk) -> None:
         from bench.method import to_levels
@@ -66,16 +71,24 @@ class Fidelity(SampleEvaluator):
         self.images[chunk.start : chunk.stop] = levels_to_uint8(levels, num_levels)
         self.drawn[chunk.start : chunk.stop] += 1
 
-    def compute(self) -> dict[str, Any]:
+    def run(self) -> Any:
+        """Draw (this rank's chunks), gather the samples, extract (this rank's share of the
+        features, every rank), then rank 0 scores them."""
+        self.feed()
+        self.sync()
+        self._scores = self._fidelity()
+        return self.result() if is_main_rank() else None
+
+    def _fidelity(self) -> dict[str, Any] | None:
+        """FID / KID / PR of the gathered samples; collective under torchrun (rank 0 gets
+        the scores, the others None)."""
         from bench.metrics import fidelity
-        from bench.metrics.extractors import DOMAIN_EXTRACTORS
 
         if not bool((self.drawn == 1).all()):
             raise RuntimeError("fidelity: the ranks did not draw every sample exactly once")
         context = self.context
-        samples = self.images.cpu()
-        scores = fidelity.evaluate_uint8_samples(
-            samples,
+        return fidelity.evaluate_uint8_samples(
+            self.images.cpu(),
             context.data,
             context.extractor,
             context.settings,
@@ -83,6 +96,16 @@ class Fidelity(SampleEvaluator):
             context.device,
             context.feature_weights,
         )
+
+    def compute(self) -> dict[str, Any]:
+        from bench.metrics import fidelity
+        from bench.metrics.extractors import DOMAIN_EXTRACTORS
+
+        found = self._scores if self._scores is not None else self._fidelity()
+        if found is None:
+            raise RuntimeError("fidelity: compute() is rank 0's")
+        scores = dict(found, settings=dict(found["settings"]))
+        context, samples = self.context, self.images.cpu()
         scores["settings"]["sampler"] = {**context.method.sample_settings(), **self.variant}
         labels = self.sample_labels(len(samples))
         if labels is not None and context.extractor in DOMAIN_EXTRACTORS:

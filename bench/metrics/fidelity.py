@@ -15,6 +15,13 @@ once per machine. A corrupt cache file is ignored (with a warning) and rebuilt.
 - KID: Binkowski et al. 2018, unbiased MMD^2 with a cubic polynomial kernel over subsets;
   reported because FID is biased at small sample counts.
 - Precision / recall: Kynkaanniemi et al. 2019, k-NN manifolds in feature space.
+
+Under torchrun, feature extraction is sharded (:func:`extract_features`): the images are cut
+into the batches one process extracts (``eval_batch_size``), rank r extracts batches r, r + W,
+..., and the features are gathered by a sum over ranks of position-indexed buffers (zero where
+another rank fills in), so every feature is bit for bit the one a single process computes.
+Rank 0 then computes FID / KID / PR once, on the whole set. The reference features are read
+from the cache on rank 0 or, when missing, extracted the same way and cached by rank 0.
 """
 
 from __future__ import annotations
@@ -32,7 +39,7 @@ import numpy as np
 import torch
 import torch_fidelity
 from torch import Tensor, nn
-from torch.utils.data import Dataset
+from torch.utils.data import Dataset, Subset
 from torch_fidelity.metric_fid import fid_featuresdict_to_statistics, fid_statistics_to_metric
 from torch_fidelity.metric_kid import kid_featuresdict_to_metric
 from torch_fidelity.metric_prc import prc_featuresdict_to_metric
@@ -42,6 +49,7 @@ from torch_fidelity.utils import (
     resolve_feature_layer_for_metric,
 )
 
+from bench import distributed
 from bench.data import ImageData
 from bench.errors import GenbenchError
 from bench.method import to_levels
@@ -159,6 +167,45 @@ def make_feature_extractor(
     return create_feature_extractor(extractor, layers, cuda=cuda, verbose=False)
 
 
+def extract_features(
+    inputs: Dataset, feat_extractor: nn.Module, batch_size: int, cuda: bool
+) -> dict[str, Tensor]:
+    """torch-fidelity's features of every item of ``inputs`` ({layer: (N, d)}), in batches of
+    ``batch_size``. In one process this is ``get_featuresdict_from_dataset`` itself. Under
+    torchrun (collective: every rank calls it with the same inputs) rank r extracts the
+    batches r, r + W, ... of that same cut, into buffers of the full size that are zero
+    elsewhere; the sum over ranks gathers them, so each feature equals the one-process value
+    bit for bit (the same batch through the same network) and every rank gets all of them."""
+    from bench.evaluators.base import rank_chunks
+
+    info = distributed.current()
+    if not info.enabled:
+        return get_featuresdict_from_dataset(inputs, feat_extractor, batch_size, cuda, True, False)
+    import torch.distributed as dist
+
+    count = len(inputs)  # type: ignore[arg-type]
+
+    def batch(start: int, stop: int) -> dict[str, Tensor]:
+        part = Subset(inputs, range(start, stop))
+        return get_featuresdict_from_dataset(part, feat_extractor, batch_size, cuda, True, False)
+
+    mine = [(chunk, batch(chunk.start, chunk.stop)) for chunk in rank_chunks(count, batch_size)]
+    # a rank without a batch (fewer batches than ranks) learns the shapes from one item
+    template = mine[0][1] if mine else batch(0, 1)
+    # NCCL reduces device tensors only; gloo host tensors
+    device = torch.device("cuda", info.local_rank) if dist.get_backend() == "nccl" else None
+    gathered = {
+        name: torch.zeros((count, *value.shape[1:]), dtype=value.dtype, device=device)
+        for name, value in template.items()
+    }
+    for chunk, found in mine:
+        for name, value in found.items():
+            gathered[name][chunk.start : chunk.stop] = value
+    for name in sorted(gathered):  # the same order on every rank
+        dist.all_reduce(gathered[name])
+    return {name: value.cpu() for name, value in gathered.items()}
+
+
 def fidelity_from_inputs(
     generated: Dataset,
     reference: Dataset,
@@ -168,13 +215,17 @@ def fidelity_from_inputs(
     reference_cache_name: str | None = None,
     device: torch.device | None = None,
     feature_weights: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """torch-fidelity's FID, KID and precision/recall of ``generated`` against ``reference``.
 
     The steps of ``torch_fidelity.calculate_metrics`` for one extractor, with its cache
     replaced by ours: features of both inputs, then its FID statistics, KID and PRC
     functions with the same arguments, so the values are identical to a call without cache.
-    ``reference_cache_name`` keys the reference features' cache (None: no cache)."""
+    ``reference_cache_name`` keys the reference features' cache (None: no cache).
+
+    Collective under torchrun: every rank calls it with the same inputs and extracts its
+    share of the features (:func:`extract_features`); rank 0 returns the scores, the other
+    ranks None."""
     num_generated, num_reference = len(generated), len(reference)  # type: ignore[arg-type]
     if num_generated < 2 or num_reference < 2:
         raise GenbenchError(
@@ -206,23 +257,27 @@ def fidelity_from_inputs(
     feat_extractor = make_feature_extractor(extractor, layers, cuda, feature_weights)
 
     def features(inputs: Dataset) -> dict[str, Tensor]:
-        return get_featuresdict_from_dataset(
-            inputs, feat_extractor, settings.eval_batch_size, cuda, True, False
-        )
+        return extract_features(inputs, feat_extractor, settings.eval_batch_size, cuda)
 
+    main = distributed.current().is_main
     features_1 = features(generated)
     features_2 = None
     cache_path = None
     if reference_cache_name is not None:
         cache_path = feature_cache_path(reference_cache_name, extractor, layers, cuda)
-        features_2 = read_feature_cache(cache_path, layers, num_reference)
-    if features_2 is None:
+        if main:
+            features_2 = read_feature_cache(cache_path, layers, num_reference)
+    # every rank extracts its share of the reference when rank 0 has no cache of it
+    if distributed.broadcast_object(features_2 is None):
         features_2 = features(reference)
-        if cache_path is not None:
+        if cache_path is not None and main:
             try:
                 write_feature_cache(cache_path, features_2)
             except OSError as exc:  # a read-only or full cache costs time, not the run
                 log.warning("could not write feature cache %s (%s)", cache_path, exc)
+    if not main:
+        return None
+    assert features_2 is not None
     raw = fid_statistics_to_metric(
         fid_featuresdict_to_statistics(features_1, layer["fid"]),
         fid_featuresdict_to_statistics(features_2, layer["fid"]),
@@ -270,7 +325,7 @@ def evaluate_samples(
         raise GenbenchError(f"samples have shape {tuple(samples.shape[1:])}, data {spec.shape}")
     if not torch.isfinite(samples).all():
         raise GenbenchError("samples contain NaN or inf")
-    return evaluate_uint8_samples(
+    scores = evaluate_uint8_samples(
         images_to_uint8(samples, spec.num_levels),
         data,
         extractor,
@@ -279,6 +334,9 @@ def evaluate_samples(
         device,
         feature_weights,
     )
+    if scores is None:
+        raise RuntimeError("evaluate_samples runs in one process; under torchrun use the evaluator")
+    return scores
 
 
 def evaluate_uint8_samples(
@@ -289,15 +347,16 @@ def evaluate_uint8_samples(
     seed: int,
     device: torch.device | None = None,
     feature_weights: str | None = None,
-) -> dict[str, Any]:
+) -> dict[str, Any] | None:
     """FID / KID / precision-recall of samples already quantised to the data's levels and
-    stored as uint8 0..255 (:func:`images_to_uint8`), against the train split."""
+    stored as uint8 0..255 (:func:`images_to_uint8`), against the train split. Collective
+    under torchrun (:func:`fidelity_from_inputs`): rank 0 gets the scores, the others None."""
     spec = data.spec
     rgb = extractor == INCEPTION.name
     weights_sha = extractor_fingerprint(extractor, feature_weights)
     reference = TensorImages(levels_to_uint8(data.levels("train"), spec.num_levels), rgb)
     cache_name = f"genbench-{spec.name}-train-{data.fingerprint()[:16]}-{weights_sha[:16]}"
-    metrics: dict[str, Any] = fidelity_from_inputs(
+    metrics = fidelity_from_inputs(
         TensorImages(samples.cpu(), rgb),
         reference,
         extractor,
@@ -307,6 +366,8 @@ def evaluate_uint8_samples(
         device=device,
         feature_weights=feature_weights,
     )
+    if metrics is None:  # another rank than 0 under torchrun: its share is extracted
+        return None
     metrics["settings"] = {
         "extractor": extractor,
         "weights_sha256": weights_sha,

@@ -237,6 +237,7 @@ def _evaluate_worker(rank: int, world_size: int, folder: str) -> None:
     out = Path(folder)
     runs: list[dict[str, Any]] = []
     counts: dict[str, dict[str, int]] = {}
+    _count_feature_extraction(out, counts.setdefault("features", {"extracted": 0}))
     repeats = 2 if world_size == 1 else 1  # one process twice: identical numbers
     for name in SHARDED_METHODS:
         study = plan_study(
@@ -262,6 +263,21 @@ def _evaluate_worker(rank: int, world_size: int, folder: str) -> None:
     if world_size > 1:
         dist.barrier()
         dist.destroy_process_group()
+
+
+def _count_feature_extraction(folder: Path, seen: dict[str, int]) -> None:
+    """Count the images this rank puts through the FID feature network, with a reference
+    feature cache of this spawn's own (so the reference is extracted, sharded, once)."""
+    from bench.metrics import fidelity
+
+    original = fidelity.get_featuresdict_from_dataset
+
+    def counted(inputs: Any, *args: Any) -> Any:
+        seen["extracted"] += len(inputs)
+        return original(inputs, *args)
+
+    fidelity.get_featuresdict_from_dataset = counted  # type: ignore[assignment]
+    fidelity.feature_cache_path = lambda name, *rest: folder / f"features-{name}.npz"  # type: ignore[assignment]
 
 
 def _count_calls(method: Any, capability: str, seen: dict[str, int]) -> None:
@@ -306,6 +322,12 @@ def test_sharded_evaluation_equals_one_process(tmp_path: Path) -> None:
         shares = [c["independent-pixels"][capability] for c in counts]
         assert sum(shares) == alone["independent-pixels"][capability] // 2  # it ran twice
     assert alone["independent-pixels"]["sample"] == 2 * 300  # smoke's fid_samples
+    # FID features: each rank extracts its share of the samples and of the (uncached)
+    # reference; together what one process extracts (300 samples + 1500 reference images the
+    # first time, 300 samples the second time, reading the reference from its cache)
+    extracted = [c["features"]["extracted"] for c in counts]
+    assert alone["features"]["extracted"] == 300 + 1500 + 300
+    assert all(share > 0 for share in extracted) and sum(extracted) == 300 + 1500, extracted
     one, two = single[0]["metrics"], sharded[0]["metrics"]
     assert two["likelihood"]["bpd"] == one["likelihood"]["bpd"]  # bitwise
     for key in ("fid", "kid", "precision", "recall"):
