@@ -128,6 +128,7 @@ def evaluate_point(
         precision=precision,
         extractor=extractor,
         feature_weights=feature_weights,
+        fidelity_metrics=False,
     )
     scores: dict[str, Any] = {}
     with torch.no_grad():

@@ -57,6 +57,12 @@ class EvalSettings:
     #: learning curve: images seen at which the cheap metrics are scored during training
     #: (bench/curves.py); empty: no curve
     at_images: tuple[int, ...] = ()
+    #: memorization: the quantile of the real test images' distances to the train split
+    #: below which a sample counts as memorised (bench/evaluators/fidelity_metrics)
+    memorization_quantile: float = 0.05
+    #: FD-infinity: the sample counts FID is fitted at, from this fraction of fid_samples up
+    fd_inf_points: int = 15
+    fd_inf_min_fraction: float = 0.1
     #: samples of FID / KID / precision-recall at a curve point
     curve_fid_samples: int = 500
     #: test images (the first ones) of bits/dim and the probe at a curve point
@@ -132,6 +138,9 @@ SETTING_RANGES: dict[str, tuple[Any, ...]] = {
     "at_images": (1, MAX_IMAGES),
     "curve_fid_samples": (2, None),
     "curve_test_images": (2, None),
+    "memorization_quantile": (0, 1, "()"),
+    "fd_inf_points": (2, None),
+    "fd_inf_min_fraction": (0, 1, "(]"),
 }
 #: list settings that may be empty
 EMPTY_OK = frozenset({"at_images"})

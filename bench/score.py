@@ -243,6 +243,8 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     """Scores of the samples (and the result file written with ``--as``, else None). Every
     input is checked before anything is computed or written."""
     from bench.data import load_dataset
+    from bench.evaluators.fidelity import add_fidelity_metrics
+    from bench.evaluators.fidelity_metrics import build_sets
     from bench.metrics import fidelity
     from bench.metrics.extractors import (
         DOMAIN_EXTRACTORS,
@@ -295,12 +297,24 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
         if request.as_name is not None:
             raise GenbenchError(f"{request.samples}: {message}; give at least {count} for --as")
         log.warning("%s", message)
+    features: dict[str, Any] = {}
     scores = fidelity.evaluate_uint8_samples(
-        images, data, extractor, protocol.eval, request.seed, device, request.feature_weights
+        images,
+        data,
+        extractor,
+        protocol.eval,
+        request.seed,
+        device,
+        request.feature_weights,
+        features_out=features,
     )
     assert scores is not None  # one process: rank 0's scores
     if labels is not None and extractor in DOMAIN_EXTRACTORS:
         scores["sample_acc"] = fidelity.uint8_classifier_accuracy(images, labels, extractor)
+    # density / coverage, memorization, Vendi, FD-infinity (and intra-class FID with
+    # labels): the same metrics, from the same features, as a run's fidelity evaluator
+    sets = build_sets(features, images, data, extractor, protocol.eval, request.seed, labels)
+    add_fidelity_metrics(scores, sets)
     scores["settings"]["sampler"] = {"external": True}
     if directory is None:
         return scores, None

@@ -1,6 +1,8 @@
 """Reference rows: they prove every evaluator end to end and anchor every table.
 
-- ``real-data``: held-out (test) images used as samples: the FID floor.
+- ``real-data``: held-out (test) images used as samples: the FID floor; its row
+  ``real-data[split=train]`` draws training images instead, the ceiling of the memorization
+  scores (a model that copies its training set).
 - ``independent-pixels``: a per-pixel categorical over the L levels fitted on train by
   counting (add-alpha smoothing): the naive likelihood every likelihood method must beat.
 - ``raw-pixels``: the identity representation: the probe a method must beat.
@@ -43,7 +45,11 @@ class RealData(Method):
     images repeat most of them, and duplicates cover less of the real manifold, so recall
     fell to 0.43 where the same 297 images drawn once score 0.91. The harness therefore
     scores at most :attr:`max_samples` (the split's size) images of this row; asked for
-    more, ``sample`` still returns ``n`` images, each repeated only after all were used."""
+    more, ``sample`` still returns ``n`` images, each repeated only after all were used.
+
+    Its second sampler row, ``split="train"``, draws as many *training* images the same way:
+    the row a memorising model would reach (memorized 1, authenticity 0, FID near 0), so
+    that the memorization scores are read between two real anchors."""
 
     capabilities = frozenset({SAMPLE})
     trainable = False
@@ -52,28 +58,44 @@ class RealData(Method):
     def __init__(self, spec: DataSpec) -> None:
         super().__init__(spec)
         self.register_buffer("held_out", torch.zeros(0, *spec.shape), persistent=False)
+        self.register_buffer("trained_on", torch.zeros(0, *spec.shape), persistent=False)
+        self._split = "test"
         self._generator: torch.Generator | None = None
         self._order = torch.zeros(0, dtype=torch.long)
         self._drawn = 0  # images given to the current generator (the current draw)
 
     def prepare(self, train_x: Tensor, train_y: Tensor, held_out_x: Tensor) -> None:
         self.held_out = held_out_x.to(self.held_out.device)
+        self.trained_on = train_x.to(self.trained_on.device)
+
+    def sample_variants(self) -> list[dict[str, Any]]:
+        return [{}, {"split": "train"}]
 
     @property
     def max_samples(self) -> int:
         """Samples this row can give without a duplicate: the harness caps fid_samples here."""
         return len(self.held_out)
 
-    def sample(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator,
+        labels: Tensor | None = None,
+        split: str = "test",
+    ) -> Tensor:
         """The next ``n`` images of one permutation per generator: the harness draws a run's
         samples in batches from one generator, so batches continue the permutation instead of
         drawing afresh (which repeated images across batches); a new generator (a new draw)
-        starts a new permutation, so a draw is reproducible from its seed alone."""
-        available = len(self.held_out)
+        starts a new permutation, so a draw is reproducible from its seed alone.
+        ``split="train"`` draws from the training images instead."""
+        if split not in ("test", "train"):
+            raise ValueError(f"real-data: split must be 'test' or 'train', not {split!r}")
+        pool = self.held_out if split == "test" else self.trained_on
+        available = len(pool)
         if available == 0:
             raise RuntimeError("real-data.sample called before prepare()")
-        if generator is not self._generator:
-            self._generator = generator
+        if generator is not self._generator or split != self._split:
+            self._generator, self._split = generator, split
             self._order = torch.zeros(0, dtype=torch.long, device=generator.device)
             self._drawn = 0
         while len(self._order) < n:  # the permutation ran out: another one, after it
@@ -81,14 +103,14 @@ class RealData(Method):
             self._order = torch.cat([self._order, fresh])
         idx, self._order = self._order[:n], self._order[n:]
         self._drawn += n
-        return self.held_out[idx.to(self.held_out.device)]
+        return pool[idx.to(pool.device)]
 
     def sample_settings(self) -> dict[str, Any]:
         """How the last draw was made, including how many of its images were repeats."""
         return {
-            "source": "test split",
+            "source": f"{self._split} split",
             "held_out_images": len(self.held_out),
-            "draw": "a permutation of the test split, without replacement",
+            "draw": f"a permutation of the {self._split} split, without replacement",
             "max_samples": self.max_samples,
             "why_fewer_samples": (
                 f"scored on at most the {self.max_samples} held-out images, each once: "
@@ -130,7 +152,13 @@ class IndependentPixels(Method):
         levels = to_levels(x, self.spec.num_levels).flatten(1)  # (B, D)
         return self.log_probs.gather(1, levels.T).T.sum(1)  # (D, B) -> (B,)
 
-    def sample(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator,
+        labels: Tensor | None = None,
+        split: str = "test",
+    ) -> Tensor:
         probs = self.log_probs.exp().to(generator.device)
         levels = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, D)
         return from_levels(levels, self.spec.num_levels).view(n, *self.spec.shape).to(self.device)

@@ -94,6 +94,9 @@ class EvalContext:
     channels_last: bool = False
     compile: bool = False
     accumulate: int = 1
+    #: score the fidelity metrics beside FID (bench.evaluators.fidelity_metrics); a
+    #: learning curve's points keep to FID / KID / PR
+    fidelity_metrics: bool = True
 
 
 @dataclasses.dataclass(frozen=True)

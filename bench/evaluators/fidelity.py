@@ -18,6 +18,14 @@ from typing import TYPE_CHECKING, Any
 
 from bench.evaluators.base import Chunk, Column, is_main_rank, register_evaluator
 from bench.evaluators.feeds import SampleEvaluator
+from bench.evaluators.fidelity_metrics import (
+    FidelityMetric,
+    SampleSets,
+    build_sets,
+    fidelity_metrics,
+    on_register,
+    score_sets,
+)
 
 if TYPE_CHECKING:
     from torch import Tensor
@@ -31,6 +39,8 @@ GRID_IMAGES = 64
 class Fidelity(SampleEvaluator):
     """FID / KID / precision-recall against the train split through the study's extractor."""
 
+    #: FID / KID / PR and the class accuracy, then the columns of every registered fidelity
+    #: metric (:mod:`bench.evaluators.fidelity_metrics`, kept current by :func:`_add_columns`)
     columns = (
         Column("fid", "FID", higher_is_better=False, range=(0.0, math.inf), decimals=2),
         # an unbiased MMD^2 estimate: below zero for near-identical sets, so no floor
@@ -38,6 +48,7 @@ class Fidelity(SampleEvaluator):
         Column("precision", "precision", higher_is_better=True, range=(0.0, 1.0)),
         Column("recall", "recall", higher_is_better=True, range=(0.0, 1.0)),
         Column("sample_acc", "sample class acc", higher_is_better=True, range=(0.0, 1.0)),
+        *(c for metric in fidelity_metrics() for c in metric.columns),
     )
     settings = (
         "fid_samples",
@@ -46,6 +57,7 @@ class Fidelity(SampleEvaluator):
         "kid_subset_size",
         "kid_subsets",
         "prc_neighborhood",
+        *sorted({key for metric in fidelity_metrics() for key in metric.settings}),
     )
     order = 20
 
@@ -61,6 +73,8 @@ class Fidelity(SampleEvaluator):
         self.add_state("drawn", torch.zeros(count, dtype=torch.float64))
         #: FID / KID / PR of the gathered samples (rank 0), set by :meth:`run`
         self._scores: dict[str, Any] | None = None
+        #: the features they came from (rank 0), for the fidelity metrics
+        self._features: dict[str, Any] | None = None
 
     def update(self, samples: Tensor, labels: Tensor | None, chunk: Chunk) -> None:
         from bench.method import to_levels
@@ -87,6 +101,7 @@ class Fidelity(SampleEvaluator):
         if not bool((self.drawn == 1).all()):
             raise RuntimeError("fidelity: the ranks did not draw every sample exactly once")
         context = self.context
+        self._features = {} if context.fidelity_metrics else None
         return fidelity.evaluate_uint8_samples(
             self.images.cpu(),
             context.data,
@@ -95,6 +110,7 @@ class Fidelity(SampleEvaluator):
             context.seed,
             context.device,
             context.feature_weights,
+            features_out=self._features,
         )
 
     def compute(self) -> dict[str, Any]:
@@ -111,6 +127,19 @@ class Fidelity(SampleEvaluator):
         if labels is not None and context.extractor in DOMAIN_EXTRACTORS:
             scores["sample_acc"] = fidelity.uint8_classifier_accuracy(
                 samples, labels, context.extractor
+            )
+        if self._features:
+            add_fidelity_metrics(
+                scores,
+                build_sets(
+                    self._features,
+                    samples,
+                    context.data,
+                    context.extractor,
+                    context.settings,
+                    context.seed,
+                    labels,
+                ),
             )
         return scores
 
@@ -136,17 +165,44 @@ class Fidelity(SampleEvaluator):
 
     @classmethod
     def row(cls, scores: dict[str, Any]) -> dict[str, Any]:
-        """Columns named by extractor (``fid[digits-cnn]``); a variant's row adds its cost."""
+        """Columns named by extractor (``fid[digits-cnn]``), or ``[pixels]`` for the
+        pixel-space scores (``memorized[pixels]``); a variant's row adds its cost."""
         extractor = scores["settings"]["extractor"]
+        pixels = scores.get("pixels") or {}
         row = {
             f"{c.name}[{extractor}]": scores[c.name]
             for c in cls.columns
             if scores.get(c.name) is not None
         }
+        row.update({f"{c.name}[pixels]": pixels[c.name] for c in cls.columns if c.name in pixels})
         for key in ("sample_images_per_s", "nfe"):
             if scores.get(key) is not None:
                 row[key] = scores[key]
         return row
+
+
+def add_fidelity_metrics(scores: dict[str, Any], sets: SampleSets) -> None:
+    """Every registered fidelity metric's scores of ``sets``, added to FID's ``scores``
+    (their settings under ``settings["metrics"]``, pixel-space values under ``pixels``)."""
+    extra = score_sets(sets)
+    scores["settings"]["metrics"] = extra.pop("settings")
+    pixels = extra.pop("pixels")
+    if pixels:
+        scores["pixels"] = pixels
+    scores.update(extra)
+
+
+def _add_columns(metric: type[FidelityMetric]) -> None:
+    """A fidelity metric registered after this module (a plug-in's): its columns and
+    settings join the fidelity evaluator's."""
+    Fidelity.columns = (*Fidelity.columns, *metric.columns)
+    Fidelity.settings = (
+        *Fidelity.settings,
+        *(k for k in metric.settings if k not in Fidelity.settings),
+    )
+
+
+on_register(_add_columns)
 
 
 def save_grid(images: Tensor, path: Path) -> None:

@@ -215,6 +215,9 @@ def fidelity_from_inputs(
     reference_cache_name: str | None = None,
     device: torch.device | None = None,
     feature_weights: str | None = None,
+    holdout: Dataset | None = None,
+    holdout_cache_name: str | None = None,
+    features_out: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """torch-fidelity's FID, KID and precision/recall of ``generated`` against ``reference``.
 
@@ -222,6 +225,10 @@ def fidelity_from_inputs(
     replaced by ours: features of both inputs, then its FID statistics, KID and PRC
     functions with the same arguments, so the values are identical to a call without cache.
     ``reference_cache_name`` keys the reference features' cache (None: no cache).
+    ``features_out``, when given, receives the features (``generated``, ``reference`` and,
+    with a ``holdout`` set such as the test split, cached under ``holdout_cache_name``,
+    ``holdout``; ``{layer name: (N, d)}`` each) and ``layers`` (the layer of each metric),
+    for the metrics computed from the same features (:mod:`bench.evaluators.fidelity_metrics`).
 
     Collective under torchrun: every rank calls it with the same inputs and extracts its
     share of the features (:func:`extract_features`); rank 0 returns the scores, the other
@@ -260,24 +267,35 @@ def fidelity_from_inputs(
         return extract_features(inputs, feat_extractor, settings.eval_batch_size, cuda)
 
     main = distributed.current().is_main
+
+    def cached_features(inputs: Dataset, cache_name: str | None) -> dict[str, Tensor] | None:
+        """Features of a real split from the cache (rank 0 reads it) or, when rank 0 has
+        none, extracted by every rank's share and cached by rank 0; None on other ranks."""
+        found = None
+        path = None
+        if cache_name is not None:
+            path = feature_cache_path(cache_name, extractor, layers, cuda)
+            if main:
+                found = read_feature_cache(path, layers, len(inputs))  # type: ignore[arg-type]
+        if distributed.broadcast_object(found is None):
+            found = features(inputs)
+            if path is not None and main:
+                try:
+                    write_feature_cache(path, found)
+                except OSError as exc:  # a read-only or full cache costs time, not the run
+                    log.warning("could not write feature cache %s (%s)", path, exc)
+        return found if main else None
+
     features_1 = features(generated)
-    features_2 = None
-    cache_path = None
-    if reference_cache_name is not None:
-        cache_path = feature_cache_path(reference_cache_name, extractor, layers, cuda)
-        if main:
-            features_2 = read_feature_cache(cache_path, layers, num_reference)
-    # every rank extracts its share of the reference when rank 0 has no cache of it
-    if distributed.broadcast_object(features_2 is None):
-        features_2 = features(reference)
-        if cache_path is not None and main:
-            try:
-                write_feature_cache(cache_path, features_2)
-            except OSError as exc:  # a read-only or full cache costs time, not the run
-                log.warning("could not write feature cache %s (%s)", cache_path, exc)
+    features_2 = cached_features(reference, reference_cache_name)
+    features_3 = None if holdout is None else cached_features(holdout, holdout_cache_name)
     if not main:
         return None
     assert features_2 is not None
+    if features_out is not None:
+        features_out.update(
+            generated=features_1, reference=features_2, holdout=features_3, layers=layer
+        )
     raw = fid_statistics_to_metric(
         fid_featuresdict_to_statistics(features_1, layer["fid"]),
         fid_featuresdict_to_statistics(features_2, layer["fid"]),
@@ -347,15 +365,21 @@ def evaluate_uint8_samples(
     seed: int,
     device: torch.device | None = None,
     feature_weights: str | None = None,
+    features_out: dict[str, Any] | None = None,
 ) -> dict[str, Any] | None:
     """FID / KID / precision-recall of samples already quantised to the data's levels and
     stored as uint8 0..255 (:func:`images_to_uint8`), against the train split. Collective
-    under torchrun (:func:`fidelity_from_inputs`): rank 0 gets the scores, the others None."""
+    under torchrun (:func:`fidelity_from_inputs`): rank 0 gets the scores, the others None.
+    With ``features_out``, the test split's features are extracted (and cached) too, and
+    all of them land there (:func:`fidelity_from_inputs`)."""
     spec = data.spec
     rgb = extractor == INCEPTION.name
     weights_sha = extractor_fingerprint(extractor, feature_weights)
     reference = TensorImages(levels_to_uint8(data.levels("train"), spec.num_levels), rgb)
     cache_name = f"genbench-{spec.name}-train-{data.fingerprint()[:16]}-{weights_sha[:16]}"
+    holdout = None
+    if features_out is not None:  # the test split too, for the metrics that need unseen data
+        holdout = TensorImages(levels_to_uint8(data.levels("test"), spec.num_levels), rgb)
     metrics = fidelity_from_inputs(
         TensorImages(samples.cpu(), rgb),
         reference,
@@ -365,6 +389,9 @@ def evaluate_uint8_samples(
         reference_cache_name=cache_name,
         device=device,
         feature_weights=feature_weights,
+        holdout=holdout,
+        holdout_cache_name=cache_name.replace("-train-", "-test-", 1),
+        features_out=features_out,
     )
     if metrics is None:  # another rank than 0 under torchrun: its share is extracted
         return None

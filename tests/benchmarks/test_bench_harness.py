@@ -80,3 +80,26 @@ def test_flop_count(benchmark) -> None:
     data = load_dataset("digits")
     method = METHODS.get("random-encoder").build(data.spec)
     benchmark(forward_flops_per_image, method, data.images("test")[:8])
+
+
+def _digits_sets(metrics: bool = True):  # type: ignore[no-untyped-def]
+    """The SampleSets of 1,000 digits 'samples' (flipped training images) through the
+    digits-cnn features, as the fidelity evaluator builds them."""
+    from bench.evaluators.fidelity_metrics import build_sets
+    from bench.metrics.fidelity import evaluate_uint8_samples
+
+    data = load_dataset("digits")
+    fake = levels_to_uint8(data.levels("train")[:1000].flip(-1), 17)
+    found: dict = {}
+    evaluate_uint8_samples(fake, data, "digits-cnn", SETTINGS, 0, features_out=found)
+    return build_sets(found, fake, data, "digits-cnn", SETTINGS, 0, torch.arange(1000) % 10)
+
+
+def test_fidelity_metrics_digits_1000_samples(benchmark) -> None:
+    """Density/coverage, memorization (features and pixels), Vendi, FD-infinity and
+    intra-class FID of 1,000 digits samples, from features already extracted: what the
+    metrics beside FID add to a run's evaluation."""
+    from bench.evaluators.fidelity_metrics import score_sets
+
+    sets = _digits_sets()
+    benchmark(score_sets, sets)
