@@ -447,18 +447,24 @@ def write_leaderboard(
             folder / "leaderboard.csv", table.to_csv(index=False, float_format="%.6g")
         )
     shown = display_table(table)
-    grids = copy_sample_grids(results, folder / "samples") if {"md", "html"} & set(formats) else []
+    grids: list[tuple[str, str]] = []
+    pictures: list[tuple[str, str, str]] = []
+    if {"md", "html"} & set(formats):
+        grids = copy_sample_grids(results, folder / "samples")
+        pictures = copy_pictures(results, folder / "samples")
     plots: list[Path] = []
     if "plots" in formats:  # compute-normalised plots (bench/plots.py), PNG and SVG
         from bench.plots import write_plots
 
         plots = [p for p in write_plots(results, table, folder / "plots") if p.suffix == ".png"]
     if "md" in formats:
-        _write_markdown(folder, protocol, dataset, versions, table, shown, grids, plots)
+        _write_markdown(folder, protocol, dataset, versions, table, shown, grids, plots, pictures)
     if "html" in formats:
         from bench.report_html import leaderboard_html, page_data
 
-        page = leaderboard_html(page_data(table, results, folder, grids, plots=plots))
+        page = leaderboard_html(
+            page_data(table, results, folder, grids, plots=plots, pictures=pictures)
+        )
         write_text_atomic(folder / "leaderboard.html", page)
     if "latex" in formats:
         write_text_atomic(folder / "leaderboard.tex", latex_table(table, protocol, dataset))
@@ -474,6 +480,7 @@ def _write_markdown(
     shown: pd.DataFrame,
     grids: list[tuple[str, str]],
     plots: list[Path] | None = None,
+    pictures: list[tuple[str, str, str]] | None = None,
 ) -> None:
     header = (
         f"# Leaderboard: protocol `{protocol}` (version {', '.join(map(str, versions))}), "
@@ -495,6 +502,13 @@ def _write_markdown(
     )
     if gallery:
         gallery = "\n## Samples (first seed)\n" + gallery
+    for kind, (heading, blurb) in PICTURES.items():
+        shown_pictures = [(m, f) for m, f, k in pictures or [] if k == kind]
+        if shown_pictures:
+            gallery += f"\n## {heading}\n\n{blurb}\n" + "".join(
+                f"\n**{_md_text(method)}**\n\n![{_md_text(method)}](samples/{file})\n"
+                for method, file in shown_pictures
+            )
     markdown_table = shown.copy()
     for column in ("method", "status"):
         markdown_table[column] = markdown_table[column].map(_md_text)
@@ -524,6 +538,47 @@ def copy_sample_grids(results: list[RunResult], target: Path) -> list[tuple[str,
             file = f"{file_slug(method)}.png"
             shutil.copyfile(source, target / file)
             copied.append((method, file))
+    return copied
+
+
+#: the pictures of bench.pictures a run folder may hold: kind -> (heading, what it shows)
+PICTURES = {
+    "nearest": (
+        "Nearest training images (first seed)",
+        "Each sample beside its nearest training image in pixel space: a copied training "
+        "image shows up as a pair of twins (the memorized columns count them).",
+    ),
+    "retrieval": (
+        "Retrieval (first seed)",
+        "Random test images (first column), their nearest training images in the encoder's "
+        "feature space (cosine), then after a blank their nearest in raw pixels.",
+    ),
+}
+
+
+def copy_pictures(results: list[RunResult], target: Path) -> list[tuple[str, str, str]]:
+    """Copy each method's pictures (:mod:`bench.pictures`: nearest.png, retrieval.png) of
+    its lowest finished seed next to the leaderboard; returns (method, file name, kind)
+    triples, the file name a :func:`file_slug` of the method and the kind."""
+    import shutil
+
+    from bench.pictures import NEAREST_FILE, RETRIEVAL_FILE
+
+    files = {"nearest": NEAREST_FILE, "retrieval": RETRIEVAL_FILE}
+    first: dict[str, RunResult] = {}
+    for result in sorted(results, key=lambda r: r.seed):
+        if result.status == "ok" and result.source_dir is not None:
+            first.setdefault(result.method, result)
+    copied = []
+    for method, result in sorted(first.items()):
+        for kind, name in files.items():
+            assert result.source_dir is not None
+            source = result.source_dir / name
+            if source.is_file():
+                target.mkdir(parents=True, exist_ok=True)
+                file = f"{file_slug(method)}.{kind}.png"
+                shutil.copyfile(source, target / file)
+                copied.append((method, file, kind))
     return copied
 
 

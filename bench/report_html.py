@@ -197,10 +197,12 @@ def page_data(
     grids: list[tuple[str, str]] | None = None,
     families: dict[str, str] | None = None,
     plots: list[Path] | None = None,
+    pictures: list[tuple[str, str, str]] | None = None,
 ) -> dict[str, Any]:
     """Everything the page shows, as plain JSON data: columns, rows (cells with their text,
     hover text, mean for sorting and rank), families, sample grids, protocol, environment.
-    ``grids`` are (method, file under ``folder/samples``) pairs (:func:`copy_sample_grids`)."""
+    ``grids`` are (method, file under ``folder/samples``) pairs (:func:`copy_sample_grids`),
+    ``pictures`` (method, file, kind) triples (:func:`bench.report.copy_pictures`)."""
     from bench.report import _best_mean, _finite_or_none, display_table, metric_columns
 
     metrics = metric_columns(table) if len(table) else []
@@ -255,8 +257,11 @@ def page_data(
                 "cells": cells,
             }
         )
+    from bench.report import PICTURES
+
     samples = []
-    for method, file in grids or []:
+    shown_files = [(m, f, "samples") for m, f in grids or []] + list(pictures or [])
+    for method, file, kind in shown_files:
         path = Path(folder) / "samples" / file
         if not path.is_file():
             continue
@@ -265,9 +270,12 @@ def page_data(
             {
                 "method": method,
                 "family": families.get(method, OTHER),
+                "kind": kind,
+                "caption": method if kind == "samples" else f"{method}: {kind}",
                 "src": f"data:image/png;base64,{encoded}",
             }
         )
+    legends = {kind: blurb for kind, (_, blurb) in PICTURES.items()}
     figures = [
         {
             "name": path.stem,
@@ -286,6 +294,7 @@ def page_data(
         "families": sorted({r["family"] for r in rows}),
         "rows": rows,
         "samples": samples,
+        "picture_legends": legends,
         "plots": figures,
         "env": _env_block(results),
     }
@@ -329,7 +338,11 @@ view (sort, family, columns): copy it to share it.</p>
 </div>
 <div class="scroll"><table id="board"><thead><tr></tr></thead><tbody></tbody></table></div>
 <section id="plots-section"><h2>Plots</h2><div id="plots"></div></section>
-<section id="samples-section"><h2>Samples (first seed)</h2><div id="gallery"></div></section>
+<section id="samples-section"><h2>Samples (first seed)</h2>
+<p class="legend">Each method's samples; "nearest": each sample beside its nearest training
+image in pixel space (twins are copies); "retrieval": random test images, their nearest
+training images in the encoder's features, then after a blank in raw pixels. Hover for
+more.</p><div id="gallery"></div></section>
 <section><h2>Reproducibility</h2>
 <p class="legend">The distinct values over the runs in this table (runs per value).</p>
 <table id="env"><tbody></tbody></table></section>"""
@@ -367,7 +380,9 @@ table { border-collapse: collapse; }
 #gallery figure { margin: 0; text-align: center; }
 #gallery img { width: 160px; height: auto; image-rendering: pixelated;
   border: 1px solid #ddd; background: #000; }
-#gallery figcaption { font-size: .9em; max-width: 160px; overflow-wrap: anywhere; }
+#gallery figcaption { font-size: .9em; max-width: 320px; overflow-wrap: anywhere; }
+#gallery figure[data-kind="nearest"] img, #gallery figure[data-kind="retrieval"] img {
+  width: 320px; }
 #env th { text-align: left; padding: .2em 1em .2em 0; vertical-align: top; font-weight: 600; }
 #env td { padding: .2em 0; font-family: ui-monospace, monospace; font-size: .92em; }
 """
@@ -550,9 +565,11 @@ _JS = r"""
       return !state.family || s.family === state.family;
     });
     shown.forEach(function (s) {
-      var figure = el("figure", null, {"data-method": s.method});
-      figure.appendChild(el("img", null, {src: s.src, alt: s.method, width: 160}));
-      figure.appendChild(el("figcaption", s.method));
+      var figure = el("figure", null, {"data-method": s.method, "data-kind": s.kind});
+      var wide = s.kind !== "samples";
+      figure.appendChild(el("img", null, {src: s.src, alt: s.caption, width: wide ? 320 : 160,
+        title: data.picture_legends[s.kind] || ""}));
+      figure.appendChild(el("figcaption", s.caption));
       gallery.appendChild(figure);
     });
     document.getElementById("samples-section").hidden = shown.length === 0;

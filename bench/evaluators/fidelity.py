@@ -146,9 +146,15 @@ class Fidelity(SampleEvaluator):
     def result(self) -> dict[str, Any]:
         scores = self.compute()
         if self.section == self.section_name(0):  # the method's own sampler
-            save_grid(
-                self.images[:GRID_IMAGES].cpu().float() / 255.0, self.context.directory / GRID_FILE
-            )
+            images = self.images.cpu().float() / 255.0
+            save_grid(images[:GRID_IMAGES], self.context.directory / GRID_FILE)
+            if self._features:  # and each sample beside its nearest training image
+                from bench.metrics.fidelity import levels_to_uint8
+                from bench.pictures import NEAREST_FILE, save_nearest_grid
+
+                data = self.context.data
+                train = levels_to_uint8(data.levels("train"), data.spec.num_levels).float() / 255
+                save_nearest_grid(images, train, self.context.directory / NEAREST_FILE)
         return {"scores": scores, "speed": self.speed}
 
     @classmethod

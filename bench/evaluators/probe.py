@@ -57,6 +57,25 @@ class Probe(FeatureEvaluator):
         offset = 0 if split == "train" else len(self.train)
         self.seen[offset + chunk.start : offset + chunk.stop] += 1
 
+    def result(self) -> dict[str, Any]:
+        """The scores, and the retrieval grid in the run folder (the run's own probe, not a
+        learning curve's point): :func:`bench.pictures.save_retrieval_grid`."""
+        scores = self.compute()
+        context = self.context
+        if self.section == self.section_name(0) and context.directory is not None:
+            from bench.pictures import RETRIEVAL_FILE, save_retrieval_grid
+            from bench.seeds import derive
+
+            save_retrieval_grid(
+                self.train.cpu(),
+                self.test.cpu(),
+                context.data.images("train"),
+                context.data.images("test"),
+                derive(context.seed, "retrieval"),
+                context.directory / RETRIEVAL_FILE,
+            )
+        return scores
+
     def compute(self) -> dict[str, Any]:
         from bench.metrics.probe import probe_scores
 

@@ -292,3 +292,73 @@ def test_training_images_as_samples_are_flagged_and_test_images_are_not(tmp_path
     assert "fd_inf" not in test_row
     assert "needs at least 512" in test_row["settings"]["metrics"]["fd_infinity"]["skipped"]
     assert set(itertools.chain(test_row["settings"]["metrics"])) >= {"memorization", "vendi"}
+
+
+# ---------------------------------------------------------------- pictures
+
+
+def test_nearest_pairs_show_a_copied_training_image_as_twins() -> None:
+    from bench.pictures import nearest_training_pairs
+
+    train = torch.rand(50, 1, 8, 8, generator=torch.Generator().manual_seed(0))
+    copies = train[[7, 3, 40]]
+    pairs = nearest_training_pairs(copies, train, count=3)
+    assert pairs.shape == (6, 1, 8, 8)
+    assert torch.equal(pairs[0::2], pairs[1::2])  # each sample beside itself
+    fresh = torch.rand(3, 1, 8, 8, generator=torch.Generator().manual_seed(1))
+    assert not torch.equal(*nearest_training_pairs(fresh, train, count=1))
+
+
+def test_retrieval_finds_the_querys_class_in_feature_space_not_in_pixels() -> None:
+    """Features that encode the class retrieve the query's class; pixels that carry only
+    noise do not: the contrast the retrieval grid shows."""
+    from bench.pictures import retrieval_rows
+
+    generator = torch.Generator().manual_seed(2)
+    train_y, test_y = torch.arange(200) % 4, torch.arange(40) % 4
+    features = torch.eye(4, dtype=torch.float64)
+    train_x = torch.rand(200, 1, 8, 8, generator=generator)
+    test_x = torch.rand(40, 1, 8, 8, generator=generator)
+    chosen, by_features, by_pixels = retrieval_rows(
+        features[train_y] + 0.01 * torch.rand(200, 4, generator=generator, dtype=torch.float64),
+        features[test_y],
+        train_x,
+        test_x,
+        seed=0,
+    )
+    assert len(chosen) == 8 and by_features.shape == by_pixels.shape == (8, 5)
+    assert bool((train_y[by_features] == test_y[chosen][:, None]).all())
+    assert float((train_y[by_pixels] == test_y[chosen][:, None]).double().mean()) < 0.6
+    again = retrieval_rows(features[train_y], features[test_y], train_x, test_x, seed=0)[0]
+    assert torch.equal(again, chosen)  # the queries come from the seed
+
+
+def test_run_folders_and_leaderboards_get_the_pictures(tmp_path: Path) -> None:
+    """A sample-capable run writes nearest.png, an encoder retrieval.png; the report copies
+    them next to the leaderboard and shows them in the markdown and the HTML page."""
+    import json
+
+    from bench.cli import main
+
+    out = tmp_path / "runs"
+    args = ["run", "--protocol", "smoke", "--methods", "real-data,raw-pixels", "--out", str(out)]
+    assert main([*args, "--no-report", "--device", "cpu"]) == 0
+    runs = out / "smoke" / "digits"
+    assert (runs / "real-data" / "seed-0" / "nearest.png").is_file()
+    assert (runs / "raw-pixels" / "seed-0" / "retrieval.png").is_file()
+    report = tmp_path / "reports"
+    assert main(["report", "--runs", str(out), "--protocol", "smoke", "--out", str(report)]) == 0
+    folder = report / "smoke-digits"
+    assert (folder / "samples" / "real-data.nearest.png").is_file()
+    markdown = (folder / "leaderboard.md").read_text()
+    assert "![real-data](samples/real-data.nearest.png)" in markdown
+    assert "![raw-pixels](samples/raw-pixels.retrieval.png)" in markdown
+    page = (folder / "leaderboard.html").read_text()
+    block = page.split('<script type="application/json" id="leaderboard-data">', 1)[1]
+    data = json.loads(block.split("</script>", 1)[0])
+    kinds = {(s["method"], s["kind"]) for s in data["samples"]}
+    assert {
+        ("real-data", "nearest"),
+        ("raw-pixels", "retrieval"),
+        ("real-data", "samples"),
+    } <= kinds
