@@ -429,3 +429,30 @@ def test_same_platform_and_seed_must_reproduce_under_strict(tmp_path: Path, caps
     raw["env"] = {"python": "another"}  # another platform: within the band is fine
     path.write_text(json.dumps(raw))
     assert main(["compare", str(expected), str(results), "--strict"]) == 0
+
+
+def test_strict_reports_an_improvement_under_other_numerics_without_failing(
+    tmp_path: Path, capsys
+) -> None:
+    """The band was measured with the table's thread count and torch: an improvement past it
+    from a run with two threads where the table had one is reported but does not fail
+    --strict; with the table's numerics it does; a regression fails either way."""
+    runs = tmp_path / "runs"
+    _result(runs, "raw-pixels", 0, _probe(0.90, 0.80))
+    results = runs / "smoke" / "digits"
+    expected = tmp_path / "expected.csv"
+    assert main(["compare", str(expected), str(results), "--update"]) == 0
+    path = run_dir(runs, "smoke", "digits", "raw-pixels", 0) / "result.json"
+    raw = json.loads(path.read_text())
+    raw["metrics"]["probe"]["linear_acc"] = 0.99  # past the 0.03 band: better
+    path.write_text(json.dumps(raw))
+    capsys.readouterr()
+    assert main(["compare", str(expected), str(results), "--strict"]) == 1  # same numerics
+    raw["env"] = {**raw["env"], "device": "cpu (x86_64, 1 threads)"}  # the table: none
+    path.write_text(json.dumps(raw))
+    assert main(["compare", str(expected), str(results), "--strict"]) == 0
+    out = capsys.readouterr().out
+    assert "IMPROVEMENTS" in out and "other numerics than the table's" in out
+    raw["metrics"]["probe"]["linear_acc"] = 0.80  # past the band: worse
+    path.write_text(json.dumps(raw))
+    assert main(["compare", str(expected), str(results), "--strict"]) == 1
