@@ -359,10 +359,14 @@ def metric_columns(table: pd.DataFrame) -> list[str]:
     columns no evaluator declares go last."""
     present = sorted({str(c)[: -len("_mean")] for c in table.columns if str(c).endswith("_mean")})
     order = list(declared_columns())
-    return sorted(
-        present,
-        key=lambda c: (order.index(metric_base(c)) if metric_base(c) in order else len(order), c),
-    )
+
+    def key(c: str) -> tuple[int, int, str]:
+        base = metric_base(c)
+        # the study's extractor before a second network's FID (which has no KID beside it)
+        second = int(base == "fid" and f"kid{c[len(base) :]}" not in present)
+        return (order.index(base) if base in order else len(order), second, c)
+
+    return sorted(present, key=key)
 
 
 def display_table(table: pd.DataFrame) -> pd.DataFrame:
@@ -515,10 +519,30 @@ def _write_markdown(
     figures = "".join(f"\n![{p.stem}](plots/{p.name})\n" for p in plots or [])
     if figures:
         figures = "\n## Plots\n" + figures
+    figures = feature_space_markdown(table) + figures
     write_text_atomic(
         folder / "leaderboard.md",
         header + markdown_table.to_markdown(index=False) + "\n" + figures + gallery,
     )
+
+
+FEATURE_SPACE_NOTE = (
+    "FID under the study's extractor and under a second feature network trained "
+    "independently (another architecture and seed, same data, same script): where they "
+    "disagree, a ranking is an artefact of one feature space. Ranks are 1 = lowest FID "
+    "(first → second network)."
+)
+
+
+def feature_space_markdown(table: pd.DataFrame) -> str:
+    """The section on whether the FID ranking holds under the second feature network."""
+    from bench.stats import feature_space_agreement
+
+    items = feature_space_agreement(table) if len(table) else []
+    if not items:
+        return ""
+    lines = "".join(f"\n- {_md_text(item.sentence())}" for item in items)
+    return f"\n## Rankings under two feature networks\n\n{FEATURE_SPACE_NOTE}\n{lines}\n"
 
 
 def copy_sample_grids(results: list[RunResult], target: Path) -> list[tuple[str, str]]:

@@ -257,7 +257,8 @@ def page_data(
                 "cells": cells,
             }
         )
-    from bench.report import PICTURES
+    from bench.report import FEATURE_SPACE_NOTE, PICTURES
+    from bench.stats import feature_space_agreement
 
     samples = []
     shown_files = [(m, f, "samples") for m, f in grids or []] + list(pictures or [])
@@ -295,6 +296,10 @@ def page_data(
         "rows": rows,
         "samples": samples,
         "picture_legends": legends,
+        "feature_spaces": [item.sentence() for item in feature_space_agreement(table)]
+        if len(table)
+        else [],
+        "feature_space_note": FEATURE_SPACE_NOTE,
         "plots": figures,
         "env": _env_block(results),
     }
@@ -337,6 +342,8 @@ view (sort, family, columns): copy it to share it.</p>
 <button type="button" id="metrics-none">none</button></legend></fieldset>
 </div>
 <div class="scroll"><table id="board"><thead><tr></tr></thead><tbody></tbody></table></div>
+<section id="spaces-section"><h2>Rankings under two feature networks</h2>
+<p class="legend" id="spaces-note"></p><ul id="spaces"></ul></section>
 <section id="plots-section"><h2>Plots</h2><div id="plots"></div></section>
 <section id="samples-section"><h2>Samples (first seed)</h2>
 <p class="legend">Each method's samples; "nearest": each sample beside its nearest training
@@ -558,6 +565,14 @@ _JS = r"""
       " of " + data.columns.length + " metric columns; " + data.runs + " runs.";
   }
 
+  function renderSpaces() {
+    var list = document.getElementById("spaces");
+    clear(list);
+    document.getElementById("spaces-note").textContent = data.feature_space_note;
+    data.feature_spaces.forEach(function (line) { list.appendChild(el("li", line)); });
+    document.getElementById("spaces-section").hidden = data.feature_spaces.length === 0;
+  }
+
   function renderGallery() {
     var gallery = document.getElementById("gallery");
     clear(gallery);
@@ -596,7 +611,9 @@ _JS = r"""
     document.getElementById("plots-section").hidden = !(data.plots || []).length;
   }
 
-  function render() { renderControls(); renderTable(); renderGallery(); renderPlots(); }
+  function render() {
+    renderControls(); renderTable(); renderGallery(); renderPlots(); renderSpaces();
+  }
 
   function buildControls() {
     var select = document.getElementById("family");

@@ -37,6 +37,7 @@ from bench.method import Method, strict_scales
 from bench.metrics import throughput
 from bench.metrics.extractors import (
     default_extractor,
+    second_extractors,
     sha256_file,
     validate_extractor,
 )
@@ -98,6 +99,9 @@ class Study:
     compile: bool = False
     #: the --dataset value the study was planned from (a name, folder:PATH, npz:PATH, a card)
     dataset_arg: str = ""
+    #: independently trained feature networks whose FID every run also reports
+    #: (bench.metrics.extractors.second_extractors)
+    second_extractors: tuple[str, ...] = ()
 
 
 def resolve_device(name: str) -> torch.device:
@@ -233,6 +237,7 @@ def plan_study(
         channels_last,
         compile,
         dataset_arg,
+        () if data.meta else second_extractors(data.spec.name, extractor),
     )
 
 
@@ -326,6 +331,8 @@ def run_config(spec: RunSpec, study: Study) -> dict[str, Any]:
     protocol["dataset"] = spec.protocol.dataset
     config["protocol"] = protocol
     config["extractor"] = study.extractor
+    if study.second_extractors:
+        config["second_extractors"] = list(study.second_extractors)
     if study.feature_weights:
         config["feature_weights_sha256"] = study.feature_weights_sha
     config["train_hash"] = config_hash(train_config(spec, study))
@@ -659,6 +666,7 @@ def evaluate(
         precision=study.precision,
         extractor=study.extractor,
         feature_weights=study.feature_weights,
+        second_extractors=study.second_extractors,
         outcome=outcome,
         channels_last=study.channels_last,
         compile=study.compile,

@@ -249,6 +249,7 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     from bench.metrics.extractors import (
         DOMAIN_EXTRACTORS,
         default_extractor,
+        second_extractors,
         sha256_file,
         validate_extractor,
     )
@@ -315,6 +316,14 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     # labels): the same metrics, from the same features, as a run's fidelity evaluator
     sets = build_sets(features, images, data, extractor, protocol.eval, request.seed, labels)
     add_fidelity_metrics(scores, sets)
+    second = () if data.meta else second_extractors(data.spec.name, extractor)
+    if second:  # FID under the independently trained networks, as a run reports it
+        scores["second_extractors"] = {
+            name: fidelity.evaluate_uint8_samples(
+                images, data, name, protocol.eval, request.seed, device, only_fid=True
+            )
+            for name in second
+        }
     scores["settings"]["sampler"] = {"external": True}
     if directory is None:
         return scores, None

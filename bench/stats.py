@@ -797,3 +797,60 @@ def agreements_json(study_a: Path, study_b: Path, items: Sequence[Agreement]) ->
         "metrics": [item.to_dict() for item in items],
     }
     return json.dumps(payload, indent=2, allow_nan=False)
+
+
+@dataclasses.dataclass
+class FeatureSpaceAgreement:
+    """Whether one study's FID ranking holds under a second, independently trained feature
+    network: Spearman's rho over the rows scored under both, and the rows that move most."""
+
+    first: str
+    second: str
+    methods: int
+    spearman: float | None
+    #: (row, rank under first, rank under second), largest move first
+    moves: list[tuple[str, int, int]]
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "first": self.first,
+            "second": self.second,
+            "methods": self.methods,
+            "spearman": self.spearman,
+            "moves": [{"method": m, "first": a, "second": b} for m, a, b in self.moves],
+        }
+
+    def sentence(self) -> str:
+        """One line: rho, and the rows that move most (rank under first -> under second)."""
+        rho = "undefined" if self.spearman is None else f"{self.spearman:.3f}"
+        moved = ", ".join(f"{m} {a} → {b}" for m, a, b in self.moves if a != b)
+        return f"{self.first} vs {self.second}: Spearman {rho} over {self.methods} rows" + (
+            f"; moving most: {moved}" if moved else "; no row moves"
+        )
+
+
+def feature_space_agreement(table: Any, shown: int = 6) -> list[FeatureSpaceAgreement]:
+    """For every pair of FID columns of an aggregated table (``fid[a]``, ``fid[b]``, the
+    study's extractor and a second network): rank agreement of the rows scored under both
+    (competition ranks, 1 = lowest FID) and the ``shown`` rows whose rank moves most."""
+    from bench.evaluators import metric_base
+
+    means = _means(table)  # in table order: the study's extractor's FID first
+    columns = [c for c in means if metric_base(c) == "fid" and "[" in c]
+    out = []
+    for i, first in enumerate(columns):
+        for second in columns[i + 1 :]:
+            rows = sorted(r for r in means[first] if r in means[second])
+            if len(rows) < 3:
+                continue
+            xs = np.array([means[first][r] for r in rows])
+            ys = np.array([means[second][r] for r in rows])
+            rho = None
+            if np.ptp(xs) > 0 and np.ptp(ys) > 0:
+                rho = _finite(scipy_stats.spearmanr(xs, ys).statistic)
+            rank_x = scipy_stats.rankdata(xs, method="min").astype(int)
+            rank_y = scipy_stats.rankdata(ys, method="min").astype(int)
+            order = sorted(range(len(rows)), key=lambda k: (-abs(rank_y[k] - rank_x[k]), rows[k]))
+            moves = [(rows[k], int(rank_x[k]), int(rank_y[k])) for k in order[:shown]]
+            out.append(FeatureSpaceAgreement(first, second, len(rows), rho, moves))
+    return out

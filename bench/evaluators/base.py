@@ -88,6 +88,8 @@ class EvalContext:
     #: the feature extractor of the fidelity metrics and its weights file
     extractor: str = ""
     feature_weights: str | None = None
+    #: further feature networks whose FID is reported beside the extractor's
+    second_extractors: tuple[str, ...] = ()
     #: the training loop's outcome (images seen, timings), None when the method did not train
     outcome: Any = None
     #: the run's training set-up, recorded with throughput

@@ -102,8 +102,9 @@ class Fidelity(SampleEvaluator):
             raise RuntimeError("fidelity: the ranks did not draw every sample exactly once")
         context = self.context
         self._features = {} if context.fidelity_metrics else None
-        return fidelity.evaluate_uint8_samples(
-            self.images.cpu(),
+        images = self.images.cpu()
+        scores = fidelity.evaluate_uint8_samples(
+            images,
             context.data,
             context.extractor,
             context.settings,
@@ -112,6 +113,22 @@ class Fidelity(SampleEvaluator):
             context.feature_weights,
             features_out=self._features,
         )
+        # FID under each independently trained network too (every rank: collective)
+        second = {
+            name: fidelity.evaluate_uint8_samples(
+                images,
+                context.data,
+                name,
+                context.settings,
+                context.seed,
+                context.device,
+                only_fid=True,
+            )
+            for name in (context.second_extractors if context.fidelity_metrics else ())
+        }
+        if scores is not None and second:
+            scores["second_extractors"] = second
+        return scores
 
     def compute(self) -> dict[str, Any]:
         from bench.metrics import fidelity
@@ -181,6 +198,9 @@ class Fidelity(SampleEvaluator):
             if scores.get(c.name) is not None
         }
         row.update({f"{c.name}[pixels]": pixels[c.name] for c in cls.columns if c.name in pixels})
+        for name, found in (scores.get("second_extractors") or {}).items():
+            if isinstance(found, dict) and found.get("fid") is not None:
+                row[f"fid[{name}]"] = found["fid"]
         for key in ("sample_images_per_s", "nfe"):
             if scores.get(key) is not None:
                 row[key] = scores[key]

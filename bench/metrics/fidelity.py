@@ -218,8 +218,10 @@ def fidelity_from_inputs(
     holdout: Dataset | None = None,
     holdout_cache_name: str | None = None,
     features_out: dict[str, Any] | None = None,
+    only_fid: bool = False,
 ) -> dict[str, Any] | None:
-    """torch-fidelity's FID, KID and precision/recall of ``generated`` against ``reference``.
+    """torch-fidelity's FID, KID and precision/recall of ``generated`` against ``reference``
+    (FID alone with ``only_fid``).
 
     The steps of ``torch_fidelity.calculate_metrics`` for one extractor, with its cache
     replaced by ours: features of both inputs, then its FID statistics, KID and PRC
@@ -301,20 +303,22 @@ def fidelity_from_inputs(
         fid_featuresdict_to_statistics(features_2, layer["fid"]),
         False,
     )
-    raw.update(kid_featuresdict_to_metric(features_1, features_2, layer["kid"], **kwargs))
-    raw.update(prc_featuresdict_to_metric(features_1, features_2, layer["prc"], **kwargs))
-    out = {
-        "fid": float(raw[torch_fidelity.KEY_METRIC_FID]),
-        "kid": float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
-        "kid_std": float(raw[torch_fidelity.KEY_METRIC_KID_STD]),
-        "precision": float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
-        "recall": float(raw[torch_fidelity.KEY_METRIC_RECALL]),
-    }
+    out = {"fid": float(raw[torch_fidelity.KEY_METRIC_FID])}
+    if not only_fid:
+        raw.update(kid_featuresdict_to_metric(features_1, features_2, layer["kid"], **kwargs))
+        raw.update(prc_featuresdict_to_metric(features_1, features_2, layer["prc"], **kwargs))
+        out.update(
+            kid=float(raw[torch_fidelity.KEY_METRIC_KID_MEAN]),
+            kid_std=float(raw[torch_fidelity.KEY_METRIC_KID_STD]),
+            precision=float(raw[torch_fidelity.KEY_METRIC_PRECISION]),
+            recall=float(raw[torch_fidelity.KEY_METRIC_RECALL]),
+        )
     for key, value in out.items():
         if value != value:  # NaN
             raise GenbenchError(f"{key} came out NaN (generated samples degenerate?)")
-    out["kid_subset_size"] = kid_subset_size
-    out["prc_neighborhood"] = neighborhood
+    if not only_fid:
+        out["kid_subset_size"] = kid_subset_size
+        out["prc_neighborhood"] = neighborhood
     return out
 
 
@@ -366,10 +370,12 @@ def evaluate_uint8_samples(
     device: torch.device | None = None,
     feature_weights: str | None = None,
     features_out: dict[str, Any] | None = None,
+    only_fid: bool = False,
 ) -> dict[str, Any] | None:
-    """FID / KID / precision-recall of samples already quantised to the data's levels and
-    stored as uint8 0..255 (:func:`images_to_uint8`), against the train split. Collective
-    under torchrun (:func:`fidelity_from_inputs`): rank 0 gets the scores, the others None.
+    """FID / KID / precision-recall (FID alone with ``only_fid``) of samples already quantised
+    to the data's levels and stored as uint8 0..255 (:func:`images_to_uint8`), against the
+    train split. Collective under torchrun (:func:`fidelity_from_inputs`): rank 0 gets the
+    scores, the others None.
     With ``features_out``, the test split's features are extracted (and cached) too, and
     all of them land there (:func:`fidelity_from_inputs`)."""
     spec = data.spec
@@ -392,6 +398,7 @@ def evaluate_uint8_samples(
         holdout=holdout,
         holdout_cache_name=cache_name.replace("-train-", "-test-", 1),
         features_out=features_out,
+        only_fid=only_fid,
     )
     if metrics is None:  # another rank than 0 under torchrun: its share is extracted
         return None
@@ -401,12 +408,15 @@ def evaluate_uint8_samples(
         "num_samples": len(samples),
         "reference_split": "train",
         "reference_size": len(reference),
-        "kid_subset_size": metrics.pop("kid_subset_size"),
-        "kid_subsets": settings.kid_subsets,
-        "prc_neighborhood": metrics.pop("prc_neighborhood"),
         "quantized_to_levels": spec.num_levels,
         "library": f"torch-fidelity {torch_fidelity.__version__}",
     }
+    if not only_fid:
+        metrics["settings"].update(
+            kid_subset_size=metrics.pop("kid_subset_size"),
+            kid_subsets=settings.kid_subsets,
+            prc_neighborhood=metrics.pop("prc_neighborhood"),
+        )
     return metrics
 
 

@@ -288,6 +288,10 @@ def test_training_images_as_samples_are_flagged_and_test_images_are_not(tmp_path
     assert train_row["settings"]["sampler"]["source"] == "train split"
     assert test_row["settings"]["sampler"]["source"] == "test split"
     assert test_row["vendi"] > 1
+    # FID under the second digits network too, from the same samples
+    second = test_row["second_extractors"]["digits-cnn-b"]
+    assert second["fid"] > 0 and set(second) == {"fid", "settings"}
+    assert second["settings"]["extractor"] == "digits-cnn-b"
     # 297 test images of 128-d features: too few for FD-infinity, and it says so
     assert "fd_inf" not in test_row
     assert "needs at least 512" in test_row["settings"]["metrics"]["fd_infinity"]["skipped"]
@@ -362,3 +366,50 @@ def test_run_folders_and_leaderboards_get_the_pictures(tmp_path: Path) -> None:
         ("raw-pixels", "retrieval"),
         ("real-data", "samples"),
     } <= kinds
+
+
+# ---------------------------------------------------------------- a second feature network
+
+
+def test_each_embedded_dataset_has_an_independent_second_network() -> None:
+    from bench.metrics.extractors import (
+        DOMAIN_ARCHS,
+        load_domain_classifier,
+        second_extractors,
+    )
+
+    assert second_extractors("digits", "digits-cnn") == ("digits-cnn-b",)
+    assert second_extractors("mnist5k", "mnist-cnn") == ("mnist-cnn-b",)
+    assert second_extractors("cifar10", "inception-v3-compat") == ()
+    for first, second in (("digits-cnn", "digits-cnn-b"), ("mnist-cnn", "mnist-cnn-b")):
+        a, sha_a, meta_a = load_domain_classifier(first)
+        b, sha_b, meta_b = load_domain_classifier(second)
+        assert sha_a != sha_b
+        assert DOMAIN_ARCHS[first] != DOMAIN_ARCHS[second]  # another architecture and seed
+        assert b.config.get("arch") == "cnn-b" and "arch" not in a.config
+        assert meta_b["test_accuracy"] > 0.9  # a working classifier of the same data
+        size = a.config["size"]
+        images = torch.randint(0, 256, (4, 1, size, size), dtype=torch.uint8)
+        assert a.features(images).shape == b.features(images).shape == (4, 128)
+
+
+def test_feature_space_agreement_ranks_and_moves() -> None:
+    import pandas as pd
+
+    from bench.stats import feature_space_agreement
+
+    first = {"a": 1.0, "b": 2.0, "c": 3.0, "d": 4.0, "e": 5.0}
+    second = {"a": 1.0, "b": 5.0, "c": 2.0, "d": 3.0, "e": 4.0}  # b falls from 2nd to 5th
+    table = pd.DataFrame(
+        {
+            "method": list(first),
+            "fid[x]_mean": list(first.values()),
+            "kid[x]_mean": [0.0] * 5,
+            "fid[y]_mean": list(second.values()),
+        }
+    )
+    (item,) = feature_space_agreement(table)
+    assert (item.first, item.second, item.methods) == ("fid[x]", "fid[y]", 5)
+    assert item.spearman == pytest.approx(1 - 6 * (0 + 9 + 1 + 1 + 1) / (5 * 24))
+    assert item.moves[0] == ("b", 2, 5)
+    assert "fid[x] vs fid[y]: Spearman 0.400 over 5 rows; moving most: b 2 → 5" in item.sentence()

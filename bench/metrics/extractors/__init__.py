@@ -45,29 +45,64 @@ LOGITS = "logits"
 
 
 class DomainClassifier(nn.Module):
-    """A small CNN classifier; its penultimate layer (128-d, post-ReLU) gives FID features."""
+    """A small CNN classifier; its penultimate layer (128-d, post-ReLU) gives FID features.
 
-    def __init__(self, channels: int, size: int, num_classes: int = 10, width: int = 32) -> None:
+    Two architectures, so that a ranking can be checked under a second, independently
+    trained feature network (the ``-b`` extractors):
+
+    - ``cnn``: 3x3 convolutions with max-pooling, a 2x2 average-pooled map (16w features);
+    - ``cnn-b``: a 5x5 stem, strided 3x3 convolutions instead of pooling, and a global
+      average pool (4w features), trained from another seed.
+    """
+
+    ARCHS = ("cnn", "cnn-b")
+
+    def __init__(
+        self,
+        channels: int,
+        size: int,
+        num_classes: int = 10,
+        width: int = 32,
+        arch: str = "cnn",
+    ) -> None:
         super().__init__()
-        self.config = {
+        if arch not in self.ARCHS:
+            raise ValueError(f"arch must be one of {self.ARCHS}, not {arch!r}")
+        self.config: dict[str, Any] = {
             "channels": channels,
             "size": size,
             "num_classes": num_classes,
             "width": width,
         }
+        if arch != "cnn":  # the first extractors' files have no arch: keep their config
+            self.config["arch"] = arch
         w = width
-        layers: list[nn.Module] = [
-            nn.Conv2d(channels, w, 3, padding=1),
-            nn.ReLU(),
-            nn.Conv2d(w, 2 * w, 3, padding=1),
-            nn.ReLU(),
-            nn.MaxPool2d(2),
-        ]  # (B, C, S, S) -> (B, 2w, S/2, S/2)
-        if size >= 16:
-            layers += [nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
-        layers += [nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2)]
-        self.body = nn.Sequential(*layers, nn.Flatten())  # -> (B, 16w)
-        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(16 * w, 128), nn.ReLU())
+        layers: list[nn.Module]
+        if arch == "cnn":
+            layers = [
+                nn.Conv2d(channels, w, 3, padding=1),
+                nn.ReLU(),
+                nn.Conv2d(w, 2 * w, 3, padding=1),
+                nn.ReLU(),
+                nn.MaxPool2d(2),
+            ]  # (B, C, S, S) -> (B, 2w, S/2, S/2)
+            if size >= 16:
+                layers += [nn.Conv2d(2 * w, 2 * w, 3, padding=1), nn.ReLU(), nn.MaxPool2d(2)]
+            layers += [nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(2)]
+            flat = 16 * w
+        else:
+            layers = [
+                nn.Conv2d(channels, w, 5, padding=2),
+                nn.ReLU(),
+                nn.Conv2d(w, 2 * w, 3, stride=2, padding=1),
+                nn.ReLU(),
+            ]  # (B, C, S, S) -> (B, 2w, S/2, S/2)
+            if size >= 16:
+                layers += [nn.Conv2d(2 * w, 2 * w, 3, stride=2, padding=1), nn.ReLU()]
+            layers += [nn.Conv2d(2 * w, 4 * w, 3, padding=1), nn.ReLU(), nn.AdaptiveAvgPool2d(1)]
+            flat = 4 * w
+        self.body = nn.Sequential(*layers, nn.Flatten())
+        self.head = nn.Sequential(nn.Dropout(0.3), nn.Linear(flat, 128), nn.ReLU())
         self.classifier = nn.Linear(128, num_classes)
 
     def features(self, images_uint8: Tensor) -> Tensor:
@@ -97,7 +132,32 @@ class ExtractorInfo:
 DOMAIN_EXTRACTORS = {
     "digits-cnn": ExtractorInfo("digits-cnn", ("digits",), "digits", rgb=False),
     "mnist-cnn": ExtractorInfo("mnist-cnn", ("mnist5k", "mnist"), "mnist5k", rgb=False),
+    # the second, independently trained networks (another architecture, another seed): FID
+    # under them sits beside FID under the first in every leaderboard (second_extractors)
+    "digits-cnn-b": ExtractorInfo("digits-cnn-b", ("digits",), "digits", rgb=False),
+    "mnist-cnn-b": ExtractorInfo("mnist-cnn-b", ("mnist5k", "mnist"), "mnist5k", rgb=False),
 }
+#: the architecture and training seed of each shipped domain network
+DOMAIN_ARCHS = {
+    "digits-cnn": ("cnn", 0),
+    "mnist-cnn": ("cnn", 0),
+    "digits-cnn-b": ("cnn-b", 1),
+    "mnist-cnn-b": ("cnn-b", 1),
+}
+
+
+def second_extractors(dataset: str, primary: str) -> tuple[str, ...]:
+    """The shipped domain networks for ``dataset`` other than ``primary``, whose FID every
+    run also reports, so a ranking that holds only in one feature space shows."""
+    if primary not in DOMAIN_EXTRACTORS:
+        return ()
+    return tuple(
+        name
+        for name, info in DOMAIN_EXTRACTORS.items()
+        if name != primary and dataset in info.datasets and info.weights_path.exists()
+    )
+
+
 INCEPTION = ExtractorInfo("inception-v3-compat", ("cifar10",), None, rgb=True)
 
 for _info in (*DOMAIN_EXTRACTORS.values(), INCEPTION):

@@ -2,6 +2,8 @@
 
     python -m bench.metrics.extractors.train digits     # -> weights/digits-cnn.pt
     python -m bench.metrics.extractors.train mnist5k    # -> weights/mnist-cnn.pt
+    python -m bench.metrics.extractors.train digits --extractor digits-cnn-b   # the second one
+    python -m bench.metrics.extractors.train mnist5k --extractor mnist-cnn-b
 
 Uses only the train split (with random +-1/8-image translations as augmentation); the test
 accuracy is stored in the weights' metadata and printed. Re-training changes the sha256
@@ -18,9 +20,18 @@ import torch
 import torch.nn.functional as F
 
 from bench.data import load_dataset
-from bench.metrics.extractors import DOMAIN_EXTRACTORS, DomainClassifier, sha256_file
+from bench.metrics.extractors import (
+    DOMAIN_ARCHS,
+    DOMAIN_EXTRACTORS,
+    DomainClassifier,
+    sha256_file,
+)
 
 log = logging.getLogger(__name__)
+
+
+#: the epochs each shipped network was trained for
+EPOCHS = {"digits-cnn": 40, "digits-cnn-b": 60, "mnist-cnn": 15, "mnist-cnn-b": 30}
 
 
 def to_uint8(levels: torch.Tensor, num_levels: int) -> torch.Tensor:
@@ -39,14 +50,16 @@ def random_translate(x: torch.Tensor, max_shift: int, generator: torch.Generator
     return padded.permute(0, 2, 3, 1)[batch, rows, cols].permute(0, 3, 1, 2)
 
 
-def train_classifier(dataset: str, epochs: int, seed: int = 0) -> tuple[DomainClassifier, float]:
+def train_classifier(
+    dataset: str, epochs: int, seed: int = 0, arch: str = "cnn", width: int = 32
+) -> tuple[DomainClassifier, float]:
     torch.manual_seed(seed)
     generator = torch.Generator().manual_seed(seed)
     data = load_dataset(dataset)
     spec = data.spec
     train_x = to_uint8(data.levels("train"), spec.num_levels).float() / 255.0
     train_y = data.labels("train")
-    model = DomainClassifier(spec.channels, spec.height, spec.num_classes)
+    model = DomainClassifier(spec.channels, spec.height, spec.num_classes, width, arch)
     optimizer = torch.optim.Adam(model.parameters(), lr=2e-3)
     scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, epochs)
     max_shift = max(1, spec.height // 8)
@@ -72,18 +85,40 @@ def train_classifier(dataset: str, epochs: int, seed: int = 0) -> tuple[DomainCl
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("dataset", choices=[i.trained_on for i in DOMAIN_EXTRACTORS.values()])
+    parser.add_argument(
+        "dataset", choices=sorted({i.trained_on for i in DOMAIN_EXTRACTORS.values()})
+    )
+    parser.add_argument(
+        "--extractor",
+        choices=sorted(DOMAIN_EXTRACTORS),
+        default=None,
+        help="which network (its architecture and seed): the dataset's first one by default",
+    )
     parser.add_argument("--epochs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    info = next(i for i in DOMAIN_EXTRACTORS.values() if i.trained_on == args.dataset)
-    epochs = args.epochs or (40 if args.dataset == "digits" else 15)
+    name = args.extractor or next(
+        n for n, i in DOMAIN_EXTRACTORS.items() if i.trained_on == args.dataset
+    )
+    info = DOMAIN_EXTRACTORS[name]
+    if info.trained_on != args.dataset:
+        parser.error(f"{name} is trained on {info.trained_on}, not {args.dataset}")
+    arch, seed = DOMAIN_ARCHS[name]
+    width = 32
+    epochs = args.epochs or EPOCHS[name]
     torch.set_num_threads(min(2, torch.get_num_threads()))
-    model, accuracy = train_classifier(args.dataset, epochs)
+    model, accuracy = train_classifier(args.dataset, epochs, seed, arch, width)
     out = args.out or info.weights_path
     out.parent.mkdir(parents=True, exist_ok=True)
-    meta = {"dataset": args.dataset, "split": "train", "epochs": epochs, "test_accuracy": accuracy}
+    meta = {
+        "dataset": args.dataset,
+        "split": "train",
+        "epochs": epochs,
+        "test_accuracy": accuracy,
+        "arch": arch,
+        "seed": seed,
+    }
     torch.save({"config": model.config, "state_dict": model.state_dict(), "meta": meta}, out)
     print(f"{info.name}: test accuracy {accuracy:.4f}; wrote {out} sha256 {sha256_file(out)}")
     return 0
