@@ -506,7 +506,7 @@ def _features(
     from torch_fidelity.utils import get_featuresdict_from_dataset, resolve_feature_layer_for_metric
 
     from bench.metrics import fidelity
-    from bench.metrics.extractors import INCEPTION
+    from bench.metrics.extractors import WEIGHTS_FROM_FILE
     from bench.runner import resolve_device
 
     settings = scores["settings"]
@@ -526,7 +526,7 @@ def _features(
         raise GenbenchError(f"extractor {extractor}: FID and KID read different layers")
     layers = sorted(set(layer.values()))
     extract = fidelity.make_feature_extractor(extractor, layers, cuda, None)
-    rgb = extractor == INCEPTION.name
+    rgb = extractor in WEIGHTS_FROM_FILE
     spec = data.spec
 
     def features_of(images: torch.Tensor) -> dict[str, torch.Tensor]:

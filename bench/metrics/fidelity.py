@@ -56,7 +56,10 @@ from bench.method import to_levels
 from bench.metrics.extractors import (
     DOMAIN_EXTRACTORS,
     FEATURE_NETWORKS,
+    FOUNDATION,
     INCEPTION,
+    WEIGHTS_FROM_FILE,
+    FoundationExtractor,
     cache_dir,
     feature_network,
     inception_feature_extractor,
@@ -159,6 +162,10 @@ def make_feature_extractor(
         module = inception_feature_extractor(layers, feature_weights)
         module.requires_grad_(False).eval()
         return module.cuda() if cuda else module
+    if extractor in FOUNDATION:  # our DINOv2 / CLIP, before torch-fidelity's of that name
+        found = FoundationExtractor(extractor, layers, feature_weights)
+        found.requires_grad_(False).eval()
+        return found.cuda() if cuda else found
     if torch_fidelity_builtin(extractor):
         raise GenbenchError(
             f"feature extractor {extractor!r} is torch-fidelity's, which loads its weights "
@@ -329,6 +336,10 @@ def extractor_fingerprint(extractor: str, feature_weights: str | None = None) ->
         return load_domain_classifier(extractor)[1]
     if extractor == INCEPTION.name:
         return inception_weights_sha(feature_weights)
+    if extractor in FOUNDATION:
+        from bench.metrics.extractors.foundation import foundation_weights
+
+        return foundation_weights(extractor, feature_weights)[1]
     return "unregistered"
 
 
@@ -379,7 +390,7 @@ def evaluate_uint8_samples(
     With ``features_out``, the test split's features are extracted (and cached) too, and
     all of them land there (:func:`fidelity_from_inputs`)."""
     spec = data.spec
-    rgb = extractor == INCEPTION.name
+    rgb = extractor in WEIGHTS_FROM_FILE  # Inception, DINOv2, CLIP: RGB networks
     weights_sha = extractor_fingerprint(extractor, feature_weights)
     reference = TensorImages(levels_to_uint8(data.levels("train"), spec.num_levels), rgb)
     cache_name = f"genbench-{spec.name}-train-{data.fingerprint()[:16]}-{weights_sha[:16]}"

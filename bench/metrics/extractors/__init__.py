@@ -159,8 +159,15 @@ def second_extractors(dataset: str, primary: str) -> tuple[str, ...]:
 
 
 INCEPTION = ExtractorInfo("inception-v3-compat", ("cifar10",), None, rgb=True)
+#: DINOv2 and CLIP (bench.metrics.extractors.foundation): FD on their features, CMMD on CLIP's
+FOUNDATION = {
+    "dinov2-vit-s-14": ExtractorInfo("dinov2-vit-s-14", ("cifar10",), None, rgb=True),
+    "clip-vit-b-32": ExtractorInfo("clip-vit-b-32", ("cifar10",), None, rgb=True),
+}
+#: the extractors that take --feature-weights (a state dict read with weights_only=True)
+WEIGHTS_FROM_FILE = (INCEPTION.name, *FOUNDATION)
 
-for _info in (*DOMAIN_EXTRACTORS.values(), INCEPTION):
+for _info in (*DOMAIN_EXTRACTORS.values(), INCEPTION, *FOUNDATION.values()):
     register_extractor(_info.name)(_info)
 
 
@@ -438,11 +445,16 @@ def validate_extractor(
         return
     if not feature_weights.strip():
         raise GenbenchError("--feature-weights is empty: give the path of a weights file")
-    if extractor != INCEPTION.name:
+    if extractor not in WEIGHTS_FROM_FILE:
         raise GenbenchError(
-            f"--feature-weights applies to {INCEPTION.name} only; {extractor!r} uses its "
-            "shipped weights"
+            f"--feature-weights applies to {', '.join(WEIGHTS_FROM_FILE)} only; {extractor!r} "
+            "uses its shipped weights"
         )
+    if extractor in FOUNDATION:
+        from bench.metrics.extractors.foundation import build_network
+
+        build_network(extractor, feature_weights)
+        return
     inception_feature_extractor(["2048"], feature_weights)
 
 
@@ -505,6 +517,28 @@ class _PluginFidelityExtractor(_OneModelExtractor):
 
     def outputs(self, input: Tensor) -> dict[str, Tensor]:
         return {PLUGIN_FEATURES: self.model(input)}
+
+
+class FoundationExtractor(_OneModelExtractor):
+    """torch-fidelity adapter around DINOv2 or CLIP with weights we loaded ourselves
+    (:mod:`bench.metrics.extractors.foundation`); built directly, never through
+    torch-fidelity's registry, whose classes of the same names load their own weights."""
+
+    def __init__(self, name: str, features_list: list[str], weights_path: str | None) -> None:
+        from bench.metrics.extractors.foundation import LAYERS, build_network
+
+        self.layers = (LAYERS[name],)
+        super().__init__(name, features_list)
+        self.network_name = name
+        self.model = build_network(name, weights_path)
+
+    def get_provided_features_list(self) -> tuple[str, ...]:  # type: ignore[override]
+        return self.layers
+
+    def outputs(self, input: Tensor) -> dict[str, Tensor]:
+        from bench.metrics.extractors.foundation import features
+
+        return {self.layers[0]: features(self.network_name, self.model, input)}
 
 
 def _register_in_torch_fidelity() -> None:
