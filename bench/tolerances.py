@@ -71,7 +71,10 @@ def bounds(metric: str) -> tuple[float, float]:
 def noise_floor(metric: str, value: float) -> float:
     """The smallest tolerance a row of this metric gets: max(absolute, relative minimum)."""
     base = metric_base(metric)
-    return max(MIN_ABS.get(base, 0.0), MIN_REL.get(base, 0.0) * abs(value))
+    declared = evaluators.column(metric)
+    absolute = MIN_ABS.get(base, declared.noise if declared else 0.0)
+    relative = MIN_REL.get(base, declared.noise_rel if declared else 0.0)
+    return max(absolute, relative * abs(value))
 
 
 def distances(metric: str, value: float, direction: str) -> tuple[float, float]:

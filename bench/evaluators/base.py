@@ -63,6 +63,11 @@ class Column:
     decimals: int = 3
     #: tracked by the expected tables of the regression gate (timings are not: too noisy)
     gated: bool = True
+    #: the gate's noise floor for it: what moves between platforms and thread counts for one
+    #: fixed seed, absolute and relative to the value (bench.tolerances.noise_floor; the
+    #: first columns' floors are listed there)
+    noise: float = 0.0
+    noise_rel: float = 0.0
 
     @property
     def direction(self) -> str | None:

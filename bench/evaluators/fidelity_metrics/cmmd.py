@@ -9,9 +9,9 @@ L2-normalised embeddings, scaled by 1,000:
 
 the estimate of the authors' code (google-research/cmmd, ``distance.mmd``: means over all
 pairs, diagonals included, so a set against itself scores exactly 0). It assumes nothing
-about the distribution of the embeddings (FID assumes a Gaussian). Scored when the study's extractor is CLIP
-(``--extractor clip-vit-b-32``: torch-fidelity's ViT-B/32, where the paper used ViT-L/14 at
-336 pixels), against the train split like FID.
+about the distribution of the embeddings (FID assumes a Gaussian). Scored when the study's
+extractor is CLIP (``--extractor clip-vit-b-32``: torch-fidelity's ViT-B/32, where the paper
+used ViT-L/14 at 336 pixels), against the train split like FID.
 """
 
 from __future__ import annotations
@@ -56,7 +56,14 @@ def cmmd(x: Tensor, y: Tensor) -> float:
 class CMMD(FidelityMetric):
     columns = (
         # a V-statistic: 0 for identical sets, never below (a squared MMD)
-        Column("cmmd", "CMMD", higher_is_better=False, range=(0.0, float("inf"))),
+        Column(
+            "cmmd",
+            "CMMD",
+            higher_is_better=False,
+            range=(0.0, float("inf")),
+            noise=0.01,
+            noise_rel=0.02,
+        ),
     )
 
     @classmethod

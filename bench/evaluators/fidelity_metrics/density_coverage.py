@@ -48,8 +48,8 @@ class DensityCoverage(FidelityMetric):
     columns = (
         # expected 1 for samples of the real distribution; higher packs samples into dense
         # real regions, so it is ranked but has no ceiling
-        Column("density", "density", higher_is_better=True, range=(0.0, float("inf"))),
-        Column("coverage", "coverage", higher_is_better=True, range=(0.0, 1.0)),
+        Column("density", "density", higher_is_better=True, range=(0.0, float("inf")), noise=0.01),
+        Column("coverage", "coverage", higher_is_better=True, range=(0.0, 1.0), noise=0.01),
     )
     settings = ("prc_neighborhood",)
 

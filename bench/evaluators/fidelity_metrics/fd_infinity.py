@@ -78,7 +78,7 @@ def fd_infinity(
 class FDInfinity(FidelityMetric):
     columns = (
         # the extrapolation can undershoot 0 for near-identical sets: no floor
-        Column("fd_inf", "FD∞", higher_is_better=False, decimals=2),
+        Column("fd_inf", "FD∞", higher_is_better=False, decimals=2, noise=0.5, noise_rel=0.005),
     )
     settings = ("fd_inf_points", "fd_inf_min_fraction")
 

@@ -27,6 +27,8 @@ class IntraClassFID(FidelityMetric):
             higher_is_better=False,
             range=(0.0, float("inf")),
             decimals=2,
+            noise=0.5,
+            noise_rel=0.005,
         ),
     )
     class_conditional = True

@@ -61,8 +61,8 @@ def memorization(
 @register_fidelity_metric("memorization")
 class Memorization(FidelityMetric):
     columns = (
-        Column("memorized", "memorized", higher_is_better=False, range=(0.0, 1.0)),
-        Column("authenticity", "authenticity", higher_is_better=True, range=(0.0, 1.0)),
+        Column("memorized", "memorized", higher_is_better=False, range=(0.0, 1.0), noise=0.01),
+        Column("authenticity", "authenticity", higher_is_better=True, range=(0.0, 1.0), noise=0.01),
     )
     settings = ("memorization_quantile",)
 

@@ -41,7 +41,15 @@ def vendi_score(features: Tensor) -> float:
 class Vendi(FidelityMetric):
     columns = (
         # the effective number of distinct samples: 1 .. number of samples
-        Column("vendi", "Vendi", higher_is_better=True, range=(1.0, float("inf")), decimals=2),
+        Column(
+            "vendi",
+            "Vendi",
+            higher_is_better=True,
+            range=(1.0, float("inf")),
+            decimals=2,
+            noise=0.01,
+            noise_rel=0.005,
+        ),
     )
 
     def compute(self, sets: SampleSets) -> dict[str, Any]:
