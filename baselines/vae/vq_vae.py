@@ -367,9 +367,12 @@ class VQAutoencoder(Method):
     def usage_settings(self) -> dict[str, Any]:
         """Codebook usage: the last training batch's perplexity, and the perplexity and the
         number of used codes over (up to 10,000) training images with the final encoder."""
+        last = self.last_perplexity
         settings: dict[str, Any] = {
             "num_codes": self.quantizer.num_codes,
-            "train_batch_perplexity": self.last_perplexity,
+            # NaN until this process trains a batch: a run re-scored from its finished
+            # checkpoint (an evaluation-only change) has no last batch to report
+            "train_batch_perplexity": None if math.isnan(last) else last,
         }
         if len(self.usage_images):
             counts = torch.zeros(self.quantizer.num_codes, dtype=torch.long)

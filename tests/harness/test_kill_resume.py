@@ -106,6 +106,35 @@ def test_evaluation_only_change_keeps_the_checkpoint(tmp_path: Path) -> None:
     assert "nade seed 0: finished already, skipped" not in again.stderr
 
 
+def test_a_method_of_every_family_is_rescored_from_its_finished_checkpoint(
+    tmp_path: Path,
+) -> None:
+    """An evaluation-only change re-scores from the finished checkpoint, with no training
+    step in that process: vq-vae and vqgan reported their last training batch's perplexity,
+    NaN in a process that trained none, and the re-scoring failed on it (found re-scoring
+    the committed quick study). One method per family, and both VQ models."""
+    methods = "vq-vae,vqgan,gan,ddpm,glow,pixelcnn,simclr,flow-matching"
+    sets = ["--set", "train.budget_images=128", "--set", "eval.fid_samples=64"]
+    env = {**os.environ, "CI": "1", "GENBENCH_HEARTBEAT_SECONDS": "0"}
+    first = subprocess.run(
+        run_command(tmp_path, methods, *sets), capture_output=True, text=True, env=env
+    )
+    assert first.returncode == 0, first.stderr[-2000:]
+    again = subprocess.run(
+        run_command(tmp_path, methods, *sets, "--set", "eval.knn_k=5"),
+        capture_output=True,
+        text=True,
+        env=env,
+    )
+    assert again.returncode == 0, again.stderr[-2000:]
+    for name in methods.split(","):
+        assert f"{name}/seed-0: resumed at 128 images" in again.stderr, name
+    perplexity = load_result(
+        tmp_path / "smoke" / "digits" / "vq-vae" / "seed-0" / "result.json"
+    ).metrics["likelihood"]["settings"]["train_batch_perplexity"]
+    assert perplexity is None  # no batch trained in the re-scoring process: nothing to report
+
+
 class _Payload:
     """A pickle that creates a file when it is unpickled."""
 
