@@ -327,9 +327,18 @@ def _bootstrap_fidelity(
         extractor = item.metric.split("[", 1)[1][:-1] if "[" in item.metric else ""
         by_extractor.setdefault(extractor, []).append(item)
     for extractor, group in by_extractor.items():
+        column = group[0].metric
+        probe = _row_run(
+            results, a, _bootstrap_seed(values[a][column], values[b][column], values[a][column])
+        )[2]
+        if extractor in (probe.get("second_extractors") or {}):
+            # FID under a second network keeps no features of its own to resample: the
+            # bootstrap is the study extractor's (its FID/KID rows), this one stays untested
+            for item in group:
+                item.verdict = "one seed: not testable (second feature network: no bootstrap)"
+            continue
         sides = []
         for row in (a, b):
-            column = group[0].metric
             run_seed = _bootstrap_seed(values[a][column], values[b][column], values[row][column])
             result, variant, scores = _row_run(results, row, run_seed)
             if scores["settings"].get("extractor") != extractor:

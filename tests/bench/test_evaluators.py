@@ -70,6 +70,7 @@ def test_registry_holds_every_evaluator_with_its_columns() -> None:
         "precision",
         "recall",
         "sample_acc",
+        "cmmd",
         "density",
         "coverage",
         "fd_inf",
@@ -330,11 +331,13 @@ def test_sharded_evaluation_equals_one_process(tmp_path: Path) -> None:
         assert sum(shares) == alone["independent-pixels"][capability] // 2  # it ran twice
     assert alone["independent-pixels"]["sample"] == 2 * 300  # smoke's fid_samples
     # FID features: each rank extracts its share of the samples and of the (uncached)
-    # reference; together what one process extracts (300 samples + 1500 reference images the
-    # first time, 300 samples the second time, reading the reference from its cache)
+    # reference and test splits; together what one process extracts: under digits-cnn 300
+    # samples + 1500 train + 297 test images, under the second network (FID only) 300 + 1500,
+    # the first time; the samples alone the second time, reading the splits from the cache
+    first_time, second_time = 300 + 1500 + 297 + 300 + 1500, 300 + 300
     extracted = [c["features"]["extracted"] for c in counts]
-    assert alone["features"]["extracted"] == 300 + 1500 + 300
-    assert all(share > 0 for share in extracted) and sum(extracted) == 300 + 1500, extracted
+    assert alone["features"]["extracted"] == first_time + second_time
+    assert all(share > 0 for share in extracted) and sum(extracted) == first_time, extracted
     one, two = single[0]["metrics"], sharded[0]["metrics"]
     assert two["likelihood"]["bpd"] == one["likelihood"]["bpd"]  # bitwise
     for key in ("fid", "kid", "precision", "recall"):

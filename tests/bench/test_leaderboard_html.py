@@ -221,7 +221,7 @@ def test_a_name_reaches_the_page_only_as_data() -> None:
     assert {tag for tag, _ in parsed.tags} <= {
         "html", "head", "meta", "title", "style", "body", "h1", "h2", "p", "code",
         "label", "select", "option", "fieldset", "legend", "button", "div", "table",
-        "thead", "tbody", "tr", "section", "script",
+        "thead", "tbody", "tr", "section", "script", "ul",
     }  # fmt: skip
     data = json.loads(next(text for attrs, text in parsed.scripts if attrs.get("id") == DATA_ID))
     assert {row["method"] for row in data["rows"]} == {EVIL, '"><svg onload=alert(2)>'}

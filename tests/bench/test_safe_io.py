@@ -255,7 +255,9 @@ def test_validate_extractor_names_and_datasets() -> None:
         r"'digits'\. Valid extractors for digits: digits-cnn",
     ):
         validate_extractor("mnist-cnn", "digits", None)
-    with pytest.raises(GenbenchError, match="applies to inception-v3-compat only"):
+    with pytest.raises(
+        GenbenchError, match="applies to inception-v3-compat, dinov2-vit-s-14, clip-vit-b-32 only"
+    ):
         validate_extractor("digits-cnn", "digits", __file__)
     with pytest.raises(GenbenchError, match="empty"):
         validate_extractor("inception-v3-compat", "cifar10", "")

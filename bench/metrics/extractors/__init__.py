@@ -159,10 +159,11 @@ def second_extractors(dataset: str, primary: str) -> tuple[str, ...]:
 
 
 INCEPTION = ExtractorInfo("inception-v3-compat", ("cifar10",), None, rgb=True)
-#: DINOv2 and CLIP (bench.metrics.extractors.foundation): FD on their features, CMMD on CLIP's
+#: DINOv2 and CLIP (bench.metrics.extractors.foundation): FD on their features, CMMD on CLIP's;
+#: general networks chosen with --extractor, default for no dataset (Inception stays FID's)
 FOUNDATION = {
-    "dinov2-vit-s-14": ExtractorInfo("dinov2-vit-s-14", ("cifar10",), None, rgb=True),
-    "clip-vit-b-32": ExtractorInfo("clip-vit-b-32", ("cifar10",), None, rgb=True),
+    "dinov2-vit-s-14": ExtractorInfo("dinov2-vit-s-14", (), None, rgb=True),
+    "clip-vit-b-32": ExtractorInfo("clip-vit-b-32", (), None, rgb=True),
 }
 #: the extractors that take --feature-weights (a state dict read with weights_only=True)
 WEIGHTS_FROM_FILE = (INCEPTION.name, *FOUNDATION)
