@@ -152,13 +152,7 @@ class IndependentPixels(Method):
         levels = to_levels(x, self.spec.num_levels).flatten(1)  # (B, D)
         return self.log_probs.gather(1, levels.T).T.sum(1)  # (D, B) -> (B,)
 
-    def sample(
-        self,
-        n: int,
-        generator: torch.Generator,
-        labels: Tensor | None = None,
-        split: str = "test",
-    ) -> Tensor:
+    def sample(self, n: int, generator: torch.Generator, labels: Tensor | None = None) -> Tensor:
         probs = self.log_probs.exp().to(generator.device)
         levels = torch.multinomial(probs, n, replacement=True, generator=generator).T  # (n, D)
         return from_levels(levels, self.spec.num_levels).view(n, *self.spec.shape).to(self.device)

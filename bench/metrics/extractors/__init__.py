@@ -347,20 +347,26 @@ def load_weights_file(path: Path, what: str) -> tuple[dict[str, Tensor], str]:
     return dict(state), hashlib.sha256(payload).hexdigest()
 
 
-def default_inception_weights() -> Path:
-    """torch-fidelity's Inception weights in torch.hub's folder, downloaded without loading
-    (torch-fidelity's own download would unpickle them with weights_only=False)."""
-    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(URL_INCEPTION_V3).name
+def download_weights(url: str, what: str, hint: str) -> Path:
+    """A weights file in torch.hub's folder, downloaded once and never loaded here (the
+    caller reads it with weights_only=True); ``hint`` says what --feature-weights takes."""
+    path = Path(torch.hub.get_dir()) / "checkpoints" / Path(url).name
     if not path.exists():
         path.parent.mkdir(parents=True, exist_ok=True)
         try:
-            torch.hub.download_url_to_file(URL_INCEPTION_V3, str(path), progress=False)
+            torch.hub.download_url_to_file(url, str(path), progress=False)
         except OSError as exc:
             raise GenbenchError(
-                f"could not download the Inception weights ({exc.__class__.__name__}); "
-                "pass --feature-weights PATH to torch-fidelity's weights file"
+                f"could not download the {what} weights ({exc.__class__.__name__}); "
+                f"pass --feature-weights PATH to {hint}"
             ) from None
     return path
+
+
+def default_inception_weights() -> Path:
+    """torch-fidelity's Inception weights in torch.hub's folder, downloaded without loading
+    (torch-fidelity's own download would unpickle them with weights_only=False)."""
+    return download_weights(URL_INCEPTION_V3, "Inception", "torch-fidelity's weights file")
 
 
 @cache

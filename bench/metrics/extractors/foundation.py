@@ -161,17 +161,9 @@ def _cache_path(url: str, suffix: str = "") -> Path:
 
 
 def _download(url: str, name: str) -> Path:
-    path = _cache_path(url)
-    if not path.exists():
-        path.parent.mkdir(parents=True, exist_ok=True)
-        try:
-            torch.hub.download_url_to_file(url, str(path), progress=False)
-        except OSError as exc:
-            raise GenbenchError(
-                f"could not download the {name} weights ({exc.__class__.__name__}); pass "
-                "--feature-weights PATH to a state dict of them"
-            ) from None
-    return path
+    from bench.metrics.extractors import download_weights
+
+    return download_weights(url, name, "a state dict of them")
 
 
 def _official_clip_state() -> Path:
