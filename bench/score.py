@@ -318,12 +318,9 @@ def score(request: ScoreRequest) -> tuple[dict[str, Any], Path | None]:
     add_fidelity_metrics(scores, sets)
     second = () if data.meta else second_extractors(data.spec.name, extractor)
     if second:  # FID under the independently trained networks, as a run reports it
-        scores["second_extractors"] = {
-            name: fidelity.evaluate_uint8_samples(
-                images, data, name, protocol.eval, request.seed, device, only_fid=True
-            )
-            for name in second
-        }
+        scores["second_extractors"] = fidelity.second_network_fids(
+            images, data, second, protocol.eval, request.seed, device
+        )
     scores["settings"]["sampler"] = {"external": True}
     if directory is None:
         return scores, None

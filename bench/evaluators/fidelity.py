@@ -75,6 +75,8 @@ class Fidelity(SampleEvaluator):
         self._scores: dict[str, Any] | None = None
         #: the features they came from (rank 0), for the fidelity metrics
         self._features: dict[str, Any] | None = None
+        #: what the fidelity metrics read (rank 0), reused by the nearest-image picture
+        self._sets: SampleSets | None = None
 
     def update(self, samples: Tensor, labels: Tensor | None, chunk: Chunk) -> None:
         from bench.method import to_levels
@@ -114,18 +116,14 @@ class Fidelity(SampleEvaluator):
             features_out=self._features,
         )
         # FID under each independently trained network too (every rank: collective)
-        second = {
-            name: fidelity.evaluate_uint8_samples(
-                images,
-                context.data,
-                name,
-                context.settings,
-                context.seed,
-                context.device,
-                only_fid=True,
-            )
-            for name in (context.second_extractors if context.fidelity_metrics else ())
-        }
+        second = fidelity.second_network_fids(
+            images,
+            context.data,
+            context.second_extractors if context.fidelity_metrics else (),
+            context.settings,
+            context.seed,
+            context.device,
+        )
         if scores is not None and second:
             scores["second_extractors"] = second
         return scores
@@ -146,18 +144,16 @@ class Fidelity(SampleEvaluator):
                 samples, labels, context.extractor
             )
         if self._features:
-            add_fidelity_metrics(
-                scores,
-                build_sets(
-                    self._features,
-                    samples,
-                    context.data,
-                    context.extractor,
-                    context.settings,
-                    context.seed,
-                    labels,
-                ),
+            self._sets = build_sets(
+                self._features,
+                samples,
+                context.data,
+                context.extractor,
+                context.settings,
+                context.seed,
+                labels,
             )
+            add_fidelity_metrics(scores, self._sets)
         return scores
 
     def result(self) -> dict[str, Any]:
@@ -165,12 +161,10 @@ class Fidelity(SampleEvaluator):
         if self.section == self.section_name(0):  # the method's own sampler
             images = self.images.cpu().float() / 255.0
             save_grid(images[:GRID_IMAGES], self.context.directory / GRID_FILE)
-            if self._features:  # and each sample beside its nearest training image
-                from bench.metrics.fidelity import levels_to_uint8
+            if self._sets is not None:  # and each sample beside its nearest training image
                 from bench.pictures import NEAREST_FILE, save_nearest_grid
 
-                data = self.context.data
-                train = levels_to_uint8(data.levels("train"), data.spec.num_levels).float() / 255
+                train = self._sets.train_px.view(-1, *images.shape[1:])  # the metrics' pixels
                 save_nearest_grid(images, train, self.context.directory / NEAREST_FILE)
         return {"scores": scores, "speed": self.speed}
 

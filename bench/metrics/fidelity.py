@@ -32,6 +32,7 @@ import os
 import re
 import tempfile
 import zipfile
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -429,6 +430,23 @@ def evaluate_uint8_samples(
             prc_neighborhood=metrics.pop("prc_neighborhood"),
         )
     return metrics
+
+
+def second_network_fids(
+    samples: Tensor,
+    data: ImageData,
+    names: Sequence[str],
+    settings: EvalSettings,
+    seed: int,
+    device: torch.device | None = None,
+) -> dict[str, Any]:
+    """FID (alone) of uint8 samples under each independently trained network of ``names``
+    (:func:`bench.metrics.extractors.second_extractors`), as a run and ``genbench score``
+    report it: ``{name: scores}``. Collective under torchrun: rank 0 gets the scores."""
+    return {
+        name: evaluate_uint8_samples(samples, data, name, settings, seed, device, only_fid=True)
+        for name in names
+    }
 
 
 def sample_classifier_accuracy(
