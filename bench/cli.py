@@ -107,6 +107,28 @@ def _study_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--no-report", action="store_true", help="do not write a leaderboard")
 
 
+def _jobs_arg(text: str) -> int | None:
+    """argparse type of --jobs: a positive integer or "auto" (None)."""
+    return None if text == "auto" else _positive_int(text)
+
+
+def _parallel_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--jobs",
+        type=_jobs_arg,
+        default=None,
+        help="runs at once, each in its own worker process with cores/jobs torch threads "
+        "(default auto: one per core on a CPU when the runs train >= 10,000 images each, "
+        "else 1, in this process)",
+    )
+    parser.add_argument(
+        "--threads",
+        type=_positive_int,
+        default=None,
+        help="torch threads per run (default: every core, or cores/jobs)",
+    )
+
+
 def _positive_int(text: str) -> int:
     """argparse type of counts (--workers, --slurm-gpus, --timeout-min): an integer >= 1."""
     try:
@@ -138,6 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--methods", default=None, help="comma-separated names or family:NAME (default: all)"
     )
     run.add_argument("--seeds", default=None, help="comma-separated (default: the protocol's)")
+    _parallel_options(run)
 
     sweep = commands.add_parser("sweep", help="a study as parallel processes, one per GPU")
     _study_options(sweep)
@@ -551,6 +574,8 @@ def _request(args: argparse.Namespace, methods: list[str] | None, seeds: list[in
         channels_last=args.channels_last,
         compile=args.compile,
         force=bool(getattr(args, "force", False)),
+        jobs=getattr(args, "jobs", 1),
+        threads=getattr(args, "threads", None),
         includes=[str(Path(p).expanduser().resolve()) for p in args.include],
     )
 

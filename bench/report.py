@@ -41,6 +41,8 @@ ARROWS = {"higher": " ↑", "lower": " ↓", None: ""}
 FIDELITY = tuple(c.name for c in EVALUATORS.get("fidelity").columns)
 #: numeric fields of metrics.throughput that tables read
 THROUGHPUT = (*(c.name for c in EVALUATORS.get("throughput").columns), "peak_memory_mb")
+#: per-run wall seconds, training and evaluation apart, read from each result's env
+WALL_COLUMNS: tuple[str, ...] = getattr(EVALUATORS.get("throughput"), "ENV_COLUMNS", ())
 
 
 def variant_name(method: str, variant: dict[str, Any]) -> str:
@@ -66,6 +68,10 @@ def flatten(result: RunResult) -> dict[str, Any]:
     for evaluator in evaluators():
         if evaluator.name in result.metrics:
             row.update(evaluator.row(result.metrics[evaluator.name]))
+    for name in WALL_COLUMNS:  # the run's cost, from its env
+        value = result.env.get(name)
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0:
+            row[name] = float(value)
     return row
 
 

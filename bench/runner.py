@@ -102,6 +102,9 @@ class Study:
     #: independently trained feature networks whose FID every run also reports
     #: (bench.metrics.extractors.second_extractors)
     second_extractors: tuple[str, ...] = ()
+    #: how many runs of the study ran at once, each in its own worker process
+    #: (bench.executors.run_parallel); recorded in each result's env
+    parallel_runs: int = 1
 
 
 def resolve_device(name: str) -> torch.device:
@@ -515,6 +518,8 @@ def execute_run(
     env = environment(throughput.device_name(device), study.precision)
     dist_info = distributed.current()
     env["world_size"] = dist_info.world_size
+    if study.parallel_runs > 1:
+        env["parallel_runs"] = study.parallel_runs
     if data.meta:  # where the files were: what bench.load_run loads again
         env["dataset_spec"] = study.dataset_arg
     plugin = plugins.plugin_of(spec.method)
@@ -578,6 +583,8 @@ def execute_run(
                     study.compile,
                     curve,
                 )
+            if outcome is not None:  # which kernels the step ran (not part of the hash)
+                env["kernels"] = outcome.kernels
             timings["train_wall_s"] = time.perf_counter() - started
             if curve is not None:  # the curve's scoring is not training time
                 timings["curve_eval_s"] = curve.eval_seconds

@@ -29,6 +29,7 @@ every :data:`HEARTBEAT_S` seconds instead of drawing a progress bar.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import logging
 import math
 import os
@@ -47,7 +48,7 @@ from bench.errors import GenbenchError
 from bench.killpoints import kill_point
 from bench.method import Batch, BatchNoise, Method
 from bench.metrics.throughput import StepTimer
-from bench.optim import Optimisation, prepare_fast_paths
+from bench.optim import Optimisation, channels_last_networks, prepare_fast_paths
 from bench.protocol import TrainSettings
 
 log = logging.getLogger(__name__)
@@ -79,10 +80,17 @@ class TrainOutcome:
     #: checkpoints written by this process and the seconds they took (their overhead)
     checkpoints: int = 0
     checkpoint_seconds: float = 0.0
+    #: the kernels the step ran with: fused optimisers, channels_last networks
+    kernels: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
 
 class EMA:
-    """Exponential moving average of a module's floating-point parameters and buffers."""
+    """Exponential moving average of a module's floating-point parameters and buffers.
+
+    ``update`` is one ``torch._foreach_lerp_`` over the shadow and live tensors, both lists
+    built once (on the first update after the shadow is set, so after the loop's fast paths
+    have re-laid the weights out) instead of a ``state_dict()`` and a lerp per tensor every
+    step; the arithmetic is the same lerp, so the averages are bit-identical."""
 
     def __init__(self, module: torch.nn.Module, decay: float) -> None:
         self.decay = decay
@@ -92,11 +100,40 @@ class EMA:
             if v.dtype.is_floating_point
         }
 
+    @property
+    def shadow(self) -> dict[str, Tensor]:
+        return self._shadow
+
+    @shadow.setter
+    def shadow(self, value: dict[str, Tensor]) -> None:  # a resume replaces it
+        self._shadow = value
+        self._pairs: tuple[Any, ...] | None = None
+
+    def _tensors(self, module: torch.nn.Module) -> tuple[list[Tensor], list[Tensor]]:
+        """(shadow, live) lists, built once per module and shadow. Parameters are held as
+        the Parameter objects (they stay valid when a layout change swaps their ``.data``);
+        buffers, which a method may replace, are looked up on their module every step."""
+        if self._pairs is None or self._pairs[0] is not module:
+            params = dict(module.named_parameters())
+            shadow, live, buffers = [], [], []
+            for key, value in self._shadow.items():
+                if key in params:
+                    shadow.append(value)
+                    live.append(params[key])
+                else:
+                    owner, _, name = key.rpartition(".")
+                    buffers.append((value, module.get_submodule(owner), name))
+            self._pairs = (module, shadow, live, buffers)
+        _, shadow, live, buffers = self._pairs
+        if buffers:
+            shadow = shadow + [value for value, _, _ in buffers]
+            live = live + [getattr(owner, name) for _, owner, name in buffers]
+        return shadow, live
+
     @torch.no_grad()
     def update(self, module: torch.nn.Module) -> None:
-        for key, value in module.state_dict().items():
-            if key in self.shadow:
-                self.shadow[key].lerp_(value.detach(), 1.0 - self.decay)
+        shadow, live = self._tensors(module)
+        torch._foreach_lerp_(shadow, live, 1.0 - self.decay)
 
     @torch.no_grad()
     def copy_to(self, module: torch.nn.Module) -> None:
@@ -108,13 +145,21 @@ class EMA:
 def batch_indices(num_items: int, batch_size: int, seed: int, step: int) -> Tensor:
     """Indices of the batch at ``step``: epochs are seeded permutations, the last partial
     batch of an epoch is dropped. A function of (seed, step) only, so a resumed run sees
-    exactly the batches an uninterrupted one would."""
+    exactly the batches an uninterrupted one would. The epoch's permutation is drawn once
+    and kept (:func:`_epoch_permutation`), not once per step."""
     batch_size = min(batch_size, num_items)
     per_epoch = num_items // batch_size
     epoch, offset = divmod(step, per_epoch)
+    perm = _epoch_permutation(num_items, seed, epoch)
+    return perm[offset * batch_size : (offset + 1) * batch_size]
+
+
+@functools.lru_cache(maxsize=4)
+def _epoch_permutation(num_items: int, seed: int, epoch: int) -> Tensor:
     generator = torch.Generator().manual_seed(seeds.epoch_seed(seed, epoch))
     perm = torch.randperm(num_items, generator=generator)
-    return perm[offset * batch_size : (offset + 1) * batch_size]
+    perm.requires_grad_(False)
+    return perm
 
 
 def step_batches(
@@ -410,6 +455,10 @@ def train(
         losses,
         saves,
         save_seconds,
+        {
+            "fused_optimizers": optimisation.fused,
+            "channels_last_networks": channels_last_networks(method),
+        },
     )
 
 

@@ -48,6 +48,12 @@ class StudyRequest:
     force: bool = False
     #: plug-in files or package folders (absolute paths), loaded before planning
     includes: list[str] = dataclasses.field(default_factory=list)
+    #: runs at once, each in a worker process (bench.executors.run_parallel); None: auto
+    jobs: int | None = 1
+    #: torch threads per run (None: torch's default, every core)
+    threads: int | None = None
+    #: set on the one-run requests a parallel study hands its workers: how many ran at once
+    parallel_runs: int = 1
 
     def plan(self) -> Any:
         """The planned :class:`bench.runner.Study` (every input validated)."""
@@ -76,7 +82,7 @@ class StudyRequest:
     def for_run(self, method: str, seed: int, dataset: str, extractor: str) -> StudyRequest:
         """This request narrowed to one run (dataset and extractor as planned)."""
         return dataclasses.replace(
-            self, methods=[method], seeds=[seed], dataset=dataset, extractor=extractor
+            self, methods=[method], seeds=[seed], dataset=dataset, extractor=extractor, jobs=1
         )
 
     def to_json(self) -> dict[str, Any]:
@@ -98,6 +104,7 @@ class StudyRequest:
             "data_root": (str, type(None)), "download": bool, "device": str, "precision": str,
             "extractor": (str, type(None)), "feature_weights": (str, type(None)),
             "channels_last": bool, "compile": bool, "force": bool,
+            "jobs": (int, type(None)), "threads": (int, type(None)), "parallel_runs": int,
         }  # fmt: skip
         for key, kind in checks.items():
             if key in values and not isinstance(values[key], kind):
@@ -135,18 +142,27 @@ class StudyOutcome:
 
 def run_request(request: StudyRequest) -> StudyOutcome:
     """Plan and run ``request``; returns the study and its results."""
+    from bench.executors import auto_jobs, run_parallel, set_threads
     from bench.runner import run_study
 
     started = time.perf_counter()
+    if request.threads is not None:
+        set_threads(request.threads)
     study = request.plan()
+    study.parallel_runs = request.parallel_runs
+    jobs, threads = auto_jobs(study, request)
     log.info(
-        "study: %s on %s, %d run(s), device %s",
+        "study: %s on %s, %d run(s), device %s%s",
         study.protocol.tag,
         study.protocol.dataset,
         len(study.runs),
         study.device,
+        f", {jobs} at a time ({threads} thread{'s' * (threads > 1)} each)" if jobs > 1 else "",
     )
-    results = run_study(study, force=request.force)
+    if jobs > 1:
+        results = run_parallel(study, request, jobs, threads)
+    else:
+        results = run_study(study, force=request.force)
     return StudyOutcome(study, results, time.perf_counter() - started)
 
 

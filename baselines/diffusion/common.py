@@ -83,7 +83,7 @@ class DenoiserMethod(Method):
         # linear warm-up then constant, clipping at grad_clip (Ho et al., appendix B)
         self.add_optimizer(
             "adam",
-            torch.optim.Adam(self.net.parameters(), lr=lr, foreach=True),
+            torch.optim.Adam(self.net.parameters(), lr=lr),
             grad_clip=grad_clip,
             schedule="warmup",
             warmup_steps=warmup_steps,

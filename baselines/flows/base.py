@@ -106,9 +106,7 @@ class DequantizedFlow(Method):
         applied by the loop); subclasses call it once their flow is built."""
         self.add_optimizer(
             "adam",
-            torch.optim.AdamW(  # fused: one kernel for all parameters (4x faster on CPU)
-                self.parameters(), lr=self.lr, weight_decay=self.weight_decay, fused=True
-            ),
+            torch.optim.AdamW(self.parameters(), lr=self.lr, weight_decay=self.weight_decay),
             grad_clip=self.max_grad_norm,  # 0: no clipping
             schedule="warmup",  # linear learning-rate warm-up (Glow)
             warmup_steps=self.warmup_steps,

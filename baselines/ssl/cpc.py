@@ -117,6 +117,35 @@ class ContextNetwork(nn.Module):
         return c
 
 
+def _pointwise(x: Tensor, convs: list[nn.Module]) -> Tensor:
+    """D 1x1 convolutions (one per direction) on x (D, B, H, W, C_in), channels last:
+    one batched matrix product -> (D, B, H, W, C_out)."""
+    weight = torch.stack([conv.weight.flatten(1) for conv in convs])  # (D, C_out, C_in)
+    bias = torch.stack([conv.bias for conv in convs])  # (D, C_out)
+    flat = x.reshape(x.shape[0], -1, x.shape[-1])  # (D, N, C_in)
+    out = torch.baddbmm(bias[:, None], flat, weight.transpose(1, 2))
+    return out.view(*x.shape[:-1], weight.shape[1])
+
+
+def _row_causal(x: Tensor, convs: list[nn.Module]) -> Tensor:
+    """D :class:`RowCausalConv` (one per direction) on x (D, B, H, W, C), channels last:
+    the input padded as the module pads it (rows above, one column each side), its kh x 3
+    shifted copies side by side (tap-major) and one batched product with the kernels laid
+    out the same way."""
+    rows = convs[0].rows
+    d, b, h, w, c = x.shape
+    padded = F.pad(x, (0, 0, 1, 1, rows - 1, 0))  # (D, B, H + rows - 1, W + 2, C)
+    taps = torch.cat(
+        [padded[:, :, r : r + h, s : s + w] for r in range(rows) for s in range(3)], dim=-1
+    )  # (D, B, H, W, rows 3 C)
+    weight = torch.stack(
+        [conv.weight.permute(2, 3, 1, 0).reshape(-1, conv.weight.shape[0]) for conv in convs]
+    )  # (D, rows 3 C_in, C_out)
+    bias = torch.stack([conv.bias for conv in convs])
+    out = torch.baddbmm(bias[:, None], taps.reshape(d, -1, taps.shape[-1]), weight)
+    return out.view(d, b, h, w, weight.shape[-1])
+
+
 @register_method("cpc")
 class CPC(SelfSupervisedMethod):
     summary = "Contrastive predictive coding (van den Oord 2018, Henaff 2020) on a patch grid"
@@ -170,13 +199,50 @@ class CPC(SelfSupervisedMethod):
 
     def prediction_loss(self, z: Tensor) -> Tensor:
         """z (B, d, G, G) patch embeddings -> the InfoNCE loss averaged over offsets k and
-        directions (the grid turned so that each direction runs down the rows)."""
+        directions (the grid turned so that each direction runs down the rows).
+
+        All directions run as one batched pass (:meth:`batched_loss`) when their turned
+        grids have one shape (a square grid, or directions <= 2); otherwise one direction
+        after the other (:meth:`direction_loss`). Both compute the same loss."""
+        gh, gw = z.shape[2:]
+        if gh == gw or len(self.contexts) <= 2:
+            return self.batched_loss(z)
         losses = [
             self.direction_loss(torch.rot90(z, turns, dims=(2, 3)), context, predictors)
             for turns, context, predictors in zip(
                 QUARTER_TURNS, self.contexts, self.predictors, strict=False
             )
         ]
+        return torch.stack(losses).mean()
+
+    def batched_loss(self, z: Tensor) -> Tensor:
+        """Every direction at once, channels last: the D turned grids (D, B, G, G, d); each
+        1x1 convolution of the D context networks is one batched matrix product over the
+        directions, the row-causal 2x3 convolution one product over its 6 shifted copies,
+        the W_k one product, and the InfoNCE scores of all directions one batched product
+        per offset k. The same function as :meth:`direction_loss` per direction (the
+        weights are the per-direction modules', stacked), without 40-odd tiny convolution
+        calls per step on a 3x3 grid (where they cost about 40% of cpc's step on a CPU)."""
+        directions = len(self.contexts)
+        x = torch.stack([torch.rot90(z, t, dims=(2, 3)) for t in QUARTER_TURNS[:directions]])
+        x = x.permute(0, 1, 3, 4, 2)  # (D, B, G_h, G_w, d)
+        shape = x.shape
+        c = x
+        for index in range(len(self.contexts[0].blocks)):
+            blocks = [context.blocks[index] for context in self.contexts]
+            h = _pointwise(F.relu(c), [b[1] for b in blocks])
+            h = _row_causal(F.relu(h), [b[3] for b in blocks])
+            c = c + _pointwise(F.relu(h), [b[5] for b in blocks])
+        predictions = _pointwise(c, list(self.predictors))  # (D, B, G_h, G_w, K d)
+        d = shape[-1]
+        losses = []
+        for k in range(1, self.prediction_steps + 1):
+            pred = predictions[:, :, :-k, :, (k - 1) * d : k * d].reshape(directions, -1, d)
+            target = x[:, :, k:].reshape(directions, -1, d)
+            scores = torch.bmm(pred, target.transpose(1, 2))  # (D, N_k, N_k)
+            n = scores.shape[1]
+            labels = torch.arange(n, device=z.device).repeat(directions)
+            losses.append(F.cross_entropy(scores.reshape(directions * n, n), labels))
         return torch.stack(losses).mean()
 
     def direction_loss(self, z: Tensor, context: nn.Module, predictors: nn.Module) -> Tensor:

@@ -93,9 +93,7 @@ class ContrastiveMethod(SelfSupervisedMethod):
         self.lr, self.weight_decay, self.warmup_fraction = lr, weight_decay, warmup_fraction
 
     def setup_optimizer(self, parameters: list[nn.Parameter]) -> None:
-        optimizer = torch.optim.AdamW(
-            parameters, lr=self.lr, weight_decay=self.weight_decay, fused=True
-        )
+        optimizer = torch.optim.AdamW(parameters, lr=self.lr, weight_decay=self.weight_decay)
         self.add_warmup_cosine_optimizer("adamw", optimizer, self.warmup_fraction)
 
     @torch.no_grad()

@@ -177,7 +177,7 @@ class VAE(Method):
         self.decoder = decoder_stack(
             width, width, downsamples, residual_blocks, self.distribution.param_channels
         )
-        self.add_optimizer("adam", torch.optim.Adam(self.parameters(), lr=lr, fused=True))
+        self.add_optimizer("adam", torch.optim.Adam(self.parameters(), lr=lr))
 
     # -- the networks -----------------------------------------------------------------------
     def posterior(self, x: Tensor) -> tuple[Tensor, Tensor]:

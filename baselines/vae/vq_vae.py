@@ -267,7 +267,7 @@ class VQAutoencoder(Method):
         autoencoder += [p for p in self.quantizer.parameters() if p.requires_grad]
         self.add_optimizer(
             "autoencoder",
-            torch.optim.Adam(autoencoder, hparams["lr"], self.autoencoder_betas, fused=True),
+            torch.optim.Adam(autoencoder, hparams["lr"], self.autoencoder_betas),
         )
         self.add_optimizer("prior", self.prior_optimizer())
         self.prior_start_images = sys.maxsize  # until the loop gives the budget: stage 1 only
@@ -286,7 +286,7 @@ class VQAutoencoder(Method):
         raise NotImplementedError
 
     def prior_optimizer(self) -> torch.optim.Optimizer:
-        return torch.optim.Adam(self.prior.parameters(), lr=self.hparams["prior_lr"], fused=True)
+        return torch.optim.Adam(self.prior.parameters(), lr=self.hparams["prior_lr"])
 
     def autoencoder_step(self, batch: Batch, step: int) -> Iterator[Update]:
         """The first stage's updates of one step; after the autoencoder's update it calls

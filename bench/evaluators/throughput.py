@@ -24,7 +24,13 @@ class Throughput(Evaluator):
         Column("sample_images_per_s", "sample img/s", True, (0.0, math.inf), 0, gated=False),
         Column("nfe", "NFE", None, (0.0, math.inf), 0, gated=False),
         Column("params", "params", None, (0.0, math.inf), 0, gated=False),
+        # the run's wall time, training and evaluation apart (the result's env; read by
+        # bench.report.flatten): what the study cost, visible in every leaderboard
+        Column("train_wall_s", "train s", None, (0.0, math.inf), 1, gated=False),
+        Column("eval_wall_s", "eval s", None, (0.0, math.inf), 1, gated=False),
     )
+    #: the columns the result's env carries, not the scores
+    ENV_COLUMNS = ("train_wall_s", "eval_wall_s")
     order = 100  # last: it joins the sampling speed the fidelity sections measured
 
     @classmethod

@@ -111,6 +111,82 @@ def test_ema_is_an_exact_exponential_average() -> None:
     assert module.weight.item() == pytest.approx(expected)
 
 
+class _Net(torch.nn.Module):
+    def __init__(self) -> None:
+        super().__init__()
+        self.conv = torch.nn.Conv2d(2, 3, 3)
+        self.norm = torch.nn.BatchNorm2d(3)
+        self.register_buffer("scale", torch.ones(3))
+
+
+def test_ema_update_is_bit_identical_to_a_lerp_per_tensor_and_follows_replaced_tensors() -> None:
+    """The foreach update caches its tensor lists: it must track a layout change (which
+    swaps a Parameter's .data), a buffer a method replaces, and a resumed shadow."""
+    torch.manual_seed(0)
+    net, ema = _Net(), None
+    ema = EMA(net, decay=0.93)
+    expected = {k: v.clone() for k, v in ema.shadow.items()}
+
+    def reference_update() -> None:
+        for key, value in net.state_dict().items():
+            if key in expected:
+                expected[key].lerp_(value, 1.0 - 0.93)
+
+    for step in range(6):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+            net.norm.running_mean.add_(1.0)
+        if step == 2:
+            net.to(memory_format=torch.channels_last)  # swaps conv.weight.data
+            net.scale = torch.full((3,), 5.0)  # a replaced buffer object
+        if step == 4:  # a resume sets the shadow: the cache is rebuilt from it
+            ema.shadow = {k: v.clone() for k, v in ema.shadow.items()}
+        ema.update(net)
+        reference_update()
+    assert ema.shadow.keys() == expected.keys()
+    for key in expected:
+        assert torch.equal(ema.shadow[key], expected[key]), key
+    assert "norm.num_batches_tracked" not in ema.shadow
+
+
+def test_batch_indices_keep_their_values_when_the_cached_permutation_is_reused() -> None:
+    first = [batch_indices(50, 8, 3, s).clone() for s in range(12)]
+    again = [batch_indices(50, 8, 3, s) for s in range(12)]
+    assert all(torch.equal(a, b) for a, b in zip(first, again, strict=True))
+    assert not torch.equal(first[0], first[6])  # step 6 starts the next epoch's permutation
+
+
+def test_the_loop_fuses_adam_unless_the_method_chose_an_implementation() -> None:
+    """Optimisation switches plain Adam/AdamW to the fused kernel (same update up to
+    rounding) and leaves an optimiser alone whose method asked for foreach, or any other."""
+    from bench.optim import Optimisation, fuse_optimizer
+
+    torch.manual_seed(0)
+    make = lambda: torch.nn.Linear(4, 3)  # noqa: E731
+    plain, fused = make(), make()
+    fused.load_state_dict(plain.state_dict())
+    a = torch.optim.Adam(plain.parameters(), lr=0.1, weight_decay=0.01)
+    b = torch.optim.Adam(fused.parameters(), lr=0.1, weight_decay=0.01)
+    assert fuse_optimizer(b) and b.param_groups[0]["fused"] is True
+    for _ in range(5):
+        for net, opt in ((plain, a), (fused, b)):
+            opt.zero_grad()
+            net(torch.ones(2, 4)).square().sum().backward()
+            opt.step()
+    for p, q in zip(plain.parameters(), fused.parameters(), strict=True):
+        assert torch.allclose(p, q, atol=1e-6)
+    assert not fuse_optimizer(torch.optim.Adam(make().parameters(), foreach=True))
+    assert not fuse_optimizer(torch.optim.RMSprop(make().parameters()))
+    assert fuse_optimizer(torch.optim.AdamW(make().parameters()))
+
+    assert Optimisation(Toy(SPEC), CPU).fused == []  # SGD: no fused kernel used here
+    from bench.registry import METHODS
+
+    gan = METHODS.get("gan").build(DataSpec("digits", 1, 8, 8, num_levels=17, num_classes=10))
+    assert sorted(Optimisation(gan, CPU).fused) == ["critic", "generator"]
+
+
 def test_resumed_run_equals_uninterrupted_run(tmp_path: Path) -> None:
     images, labels = data()
     full = TrainSettings(budget_images=96, batch_size=8)

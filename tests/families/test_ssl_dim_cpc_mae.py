@@ -185,6 +185,79 @@ def test_cpc_prediction_loss_matches_a_loop_over_pairs() -> None:
     assert loss == pytest.approx((top_down + bottom_up) / 2, rel=1e-4)
 
 
+@pytest.mark.parametrize("grid", [3, 4])
+@pytest.mark.parametrize("directions", [1, 2, 4])
+def test_cpc_batched_directions_equal_one_pass_per_direction(grid: int, directions: int) -> None:
+    """The one batched pass over every direction (stacked per-direction weights, the
+    row-causal convolution as one product over shifted copies) computes the loss and the
+    gradients of the per-direction convolution modules."""
+    from baselines.ssl.cpc import QUARTER_TURNS
+
+    torch.manual_seed(0)
+    method = METHODS.get("cpc").build(DIGITS, {"directions": directions}).double()
+    for p in method.parameters():  # away from the zero-initialised defaults
+        torch.nn.init.normal_(p, std=0.2)
+    z = torch.randn(3, 128, grid, grid, dtype=torch.float64)
+    params = list(method.contexts.parameters()) + list(method.predictors.parameters())
+    looped = torch.stack(
+        [
+            method.direction_loss(torch.rot90(z, t, dims=(2, 3)), c, w)
+            for t, c, w in zip(QUARTER_TURNS, method.contexts, method.predictors, strict=False)
+        ]
+    ).mean()
+    batched = method.batched_loss(z)
+    assert batched.item() == pytest.approx(looped.item(), rel=1e-12)
+    for a, b in zip(torch.autograd.grad(looped, params), torch.autograd.grad(batched, params),
+                    strict=True):  # fmt: skip
+        assert torch.allclose(a, b, atol=1e-12)
+
+
+def test_cpc_non_square_grid_turns_one_direction_at_a_time() -> None:
+    torch.manual_seed(0)
+    method = METHODS.get("cpc").build(DIGITS, {"directions": 4})
+    z = torch.randn(2, 128, 3, 4)  # a wide image's grid: turned, it is 4 x 3
+    assert torch.isfinite(method.prediction_loss(z))
+
+
+def test_tap_conv_drops_only_taps_that_read_padding() -> None:
+    """The shared encoder's convolution equals nn.Conv2d on every map size, forward and
+    backward, and crops exactly where whole kernel rows/columns only meet zero padding."""
+    from baselines.common.encoders import TapConv2d, live_taps
+
+    assert live_taps((1, 1), (3, 3), (1, 1), (1, 1)) == (slice(1, 2), slice(1, 2))
+    assert live_taps((2, 2), (3, 3), (2, 2), (1, 1)) == (slice(1, 3), slice(1, 3))
+    assert live_taps((4, 4), (3, 3), (2, 2), (1, 1)) is None
+    assert live_taps((2, 2), (3, 3), (1, 1), (1, 1)) is None  # every tap meets a pixel
+    assert live_taps((8, 8), (3, 3), (1, 1), (1, 1)) is None
+    torch.manual_seed(0)
+    for size, stride in ((1, 1), (2, 2), (2, 1), (4, 2), (5, 1)):
+        tap = TapConv2d(6, 5, 3, stride, 1, bias=False).double()
+        plain = torch.nn.Conv2d(6, 5, 3, stride, 1, bias=False).double()
+        plain.weight.data.copy_(tap.weight.data)
+        x = torch.randn(4, 6, size, size, dtype=torch.float64, requires_grad=True)
+        ours, theirs = tap(x), plain(x)
+        assert torch.allclose(ours, theirs, atol=1e-12), (size, stride)
+        g = torch.randn_like(ours)
+        (gx, gw), (hx, hw) = (torch.autograd.grad(o, (x, m.weight), g)
+                              for o, m in ((ours, tap), (theirs, plain)))  # fmt: skip
+        assert torch.allclose(gx, hx, atol=1e-12) and torch.allclose(gw, hw, atol=1e-12)
+
+
+def test_shared_encoder_is_channels_last_and_gives_the_nchw_features() -> None:
+    from baselines.common import encoders
+
+    torch.manual_seed(0)
+    nhwc = encoders.shared_encoder(DIGITS)
+    assert nhwc.channels_last
+    assert nhwc.stem[0].weight.is_contiguous(memory_format=torch.channels_last)
+    nchw = encoders.shared_encoder(DIGITS)
+    nchw.load_state_dict(nhwc.state_dict())
+    nchw.channels_last = False
+    nchw.to(memory_format=torch.contiguous_format)
+    x = torch.rand(5, *DIGITS.shape)
+    assert torch.allclose(nhwc.eval()(x), nchw.eval()(x), atol=1e-5)
+
+
 def test_cpc_encode_mean_pools_the_patch_embeddings() -> None:
     torch.manual_seed(0)
     method = METHODS.get("cpc").build(DIGITS).eval()
