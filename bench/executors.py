@@ -104,7 +104,9 @@ def _worker_loop(tasks: Any, events: Any, threads: int, level: int) -> None:
     ``tasks`` (until a None) one after another in-process, announcing each before it starts
     so that the parent knows which run a worker that dies was on."""
     logging.basicConfig(
-        level=level, format=f"%(asctime)s [pid {os.getpid()}] %(name)s: %(message)s"
+        level=level,
+        format=f"%(asctime)s [worker {os.getpid()}] %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
     )
     set_threads(threads)
     from bench.worker import StudyRequest as Request

@@ -151,7 +151,7 @@ def run_request(request: StudyRequest) -> StudyOutcome:
     study = request.plan()
     study.parallel_runs = request.parallel_runs
     jobs, threads = auto_jobs(study, request)
-    log.info(
+    (log.debug if request.parallel_runs > 1 else log.info)(  # a worker's one run: quiet
         "study: %s on %s, %d run(s), device %s%s",
         study.protocol.tag,
         study.protocol.dataset,
