@@ -86,6 +86,10 @@ class MaskedConv2d(nn.Conv2d):
         super().__init__(in_channels, out_channels, (kh, kw))
         self.pad = padding if padding is not None else (kw // 2, kw // 2, kh // 2, kh // 2)
         self.register_buffer("mask", mask.expand(out_channels, in_channels, kh, kw).clone())
+        #: a mask of ones (a causal convolution whose padding already crops the kernel to
+        #: what it may see) is not applied: the product would return the weight unchanged
+        self.full_mask = bool(self.mask.all())
 
     def forward(self, x: Tensor) -> Tensor:
-        return self._conv_forward(F.pad(x, self.pad), self.weight * self.mask, self.bias)
+        weight = self.weight if self.full_mask else self.weight * self.mask
+        return self._conv_forward(F.pad(x, self.pad), weight, self.bias)
