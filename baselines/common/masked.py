@@ -88,7 +88,7 @@ class MaskedConv2d(nn.Conv2d):
         self.register_buffer("mask", mask.expand(out_channels, in_channels, kh, kw).clone())
         #: a mask of ones (a causal convolution whose padding already crops the kernel to
         #: what it may see) is not applied: the product would return the weight unchanged
-        self.full_mask = bool(self.mask.all())
+        self.full_mask = not self.mask.is_meta and bool(self.mask.all())  # meta: a trial build
 
     def forward(self, x: Tensor) -> Tensor:
         weight = self.weight if self.full_mask else self.weight * self.mask
