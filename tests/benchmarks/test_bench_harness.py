@@ -5,10 +5,12 @@ Not part of the default test run (`norecursedirs` in pyproject.toml)."""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 from bench.data import load_dataset
-from bench.method import Batch, DataSpec, Method
+from bench.method import Batch, DataSpec, Method, Update
 from bench.metrics.fidelity import TensorImages, fidelity_from_inputs, levels_to_uint8
 from bench.metrics.likelihood import BitsPerDim
 from bench.metrics.probe import knn_accuracy, linear_probe
@@ -29,9 +31,10 @@ class NoOp(Method):
     def __init__(self, spec: DataSpec) -> None:
         super().__init__(spec)
         self.scale = torch.nn.Parameter(torch.ones(()))
+        self.add_optimizer("sgd", torch.optim.SGD(self.parameters(), lr=0.0))
 
-    def train_step(self, batch: Batch, step: int) -> dict[str, float]:
-        return {"loss": float(batch.x[0, 0, 0, 0])}
+    def train_step(self, batch: Batch, step: int) -> Iterator[Update]:
+        yield Update("sgd", lambda: self.scale * batch.x[0, 0, 0, 0])
 
 
 def test_training_loop_overhead_per_100_steps(benchmark) -> None:
