@@ -165,29 +165,10 @@ class InvertibleConv1x1(FlowLayer):
         self.log_abs_s = nn.Parameter(torch.log(s.abs()))
 
     def weight(self) -> Tensor:
-        return self._cached("weight", self._build_weight)
-
-    def _build_weight(self) -> Tensor:
         eye = torch.eye(len(self.sign_s), dtype=self.lower.dtype, device=self.lower.device)
         lower = self.lower * self.lower_mask + eye
         upper = self.upper * self.lower_mask.T + torch.diag(self.sign_s * self.log_abs_s.exp())
         return self.permutation @ lower @ upper
-
-    def _cached(self, kind: str, build: Callable[[], Tensor]) -> Tensor:
-        """W (or W^-1) built once for as long as the parameters do not change, when no
-        gradient is taken (sampling and likelihood evaluation call every layer once per
-        batch and per step with fixed weights); under autograd, once per forward (once per
-        training step). Keyed by the parameters' version counters, which every in-place
-        update (an optimiser step, ``load_state_dict``, the EMA's copy) bumps."""
-        params = (self.lower, self.upper, self.log_abs_s)
-        if torch.is_grad_enabled() and any(p.requires_grad for p in params):
-            return build()
-        key = (kind, *(p._version for p in params), *(p.data_ptr() for p in params))
-        cache = self.__dict__.setdefault("_weight_cache", {})
-        found = cache.get(kind)
-        if found is None or found[0] != key:
-            found = cache[kind] = (key, build())
-        return found[1]
 
     @staticmethod
     def _mix_channels(weight: Tensor, x: Tensor) -> Tensor:
@@ -200,9 +181,7 @@ class InvertibleConv1x1(FlowLayer):
         return y, log_det.expand(len(x))
 
     def inverse(self, y: Tensor) -> Tensor:
-        return self._mix_channels(
-            self._cached("inverse", lambda: torch.linalg.inv(self._build_weight())), y
-        )
+        return self._mix_channels(torch.linalg.inv(self.weight()), y)
 
 
 class Conv2dZeros(nn.Module):
