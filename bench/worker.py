@@ -146,8 +146,15 @@ def run_request(request: StudyRequest) -> StudyOutcome:
     from bench.runner import run_study
 
     started = time.perf_counter()
-    if request.threads is not None:
+    if request.threads is not None:  # for this study only: restored when it ends
+        import torch
+
+        before = torch.get_num_threads()
         set_threads(request.threads)
+        try:
+            return run_request(dataclasses.replace(request, threads=None))
+        finally:
+            torch.set_num_threads(before)
     study = request.plan()
     study.parallel_runs = request.parallel_runs
     jobs, threads = auto_jobs(study, request)

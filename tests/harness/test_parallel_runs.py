@@ -15,6 +15,7 @@ import torch
 
 from bench import executors
 from bench.cli import main
+from bench.registry import METHODS as REGISTRY
 from bench.worker import StudyRequest
 
 METHODS = "real-data,nade,gan"
@@ -97,6 +98,14 @@ def test_a_dead_worker_loses_only_its_run(tmp_path: Path, capsys) -> None:
     for method in ("real-data", "nade"):
         assert (out / "smoke" / "digits" / method / "seed-0" / "result.json").exists()
     assert not (out / "smoke" / "digits" / "crasher" / "seed-0" / "result.json").exists()
+    REGISTRY.unregister("crasher")  # the plug-in registered it in this process too
+
+
+def test_threads_are_restored_after_a_study(tmp_path: Path) -> None:
+    before = torch.get_num_threads()
+    common = ["run", "--protocol", "smoke", "--device", "cpu", "--methods", "real-data"]
+    assert main([*common, "--out", str(tmp_path), "--no-report", "--threads", "1"]) == 0
+    assert torch.get_num_threads() == before
 
 
 def _study(device: str = "cpu", budget: int = 60_000, runs: int = 5) -> SimpleNamespace:
